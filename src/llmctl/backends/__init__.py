@@ -1,0 +1,35 @@
+"""The backend registry. Every module in this package that defines `BACKEND` is one backend, so
+adding a backend means adding one file here."""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from functools import cache
+
+from .base import Backend, NotReady
+
+
+@cache
+def _registry() -> dict[str, Backend]:
+    found: dict[str, Backend] = {}
+    for module_info in sorted(pkgutil.iter_modules(__path__), key=lambda info: info.name):
+        module = importlib.import_module(f"{__name__}.{module_info.name}")
+        backend = getattr(module, "BACKEND", None)
+        if isinstance(backend, Backend):
+            found[backend.name] = backend
+    return found
+
+
+def backend_names() -> list[str]:
+    return list(_registry())
+
+
+def backend_for(name: str) -> Backend:
+    try:
+        return _registry()[name]
+    except KeyError:
+        raise ValueError(f"unknown backend {name!r} (valid: {', '.join(backend_names())})") from None
+
+
+__all__ = ["Backend", "NotReady", "backend_for", "backend_names"]

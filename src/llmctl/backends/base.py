@@ -1,0 +1,111 @@
+"""The contract every backend adapter fulfils.
+
+An adapter knows four things about its server: how to find its program, how to build its command
+line and environment, how to tell it is ready (and later, still healthy), and which config
+mistakes to catch before anything starts. Everything else (spawning, stopping the process group,
+restarts, memory of the process tree) is the same for all servers and lives in the supervisor.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import TYPE_CHECKING, ClassVar
+
+from ..errors import BinaryNotFound
+
+if TYPE_CHECKING:
+    import httpx
+
+    from ..config import InstanceSpec
+
+# Readiness is polled this often: `up` returns within one interval of the slowest server's own readiness.
+READY_POLL_INTERVAL = 0.05
+
+
+class NotReady(Exception):
+    """Raised by `wait_ready` when the server will not become ready however long we wait."""
+
+
+class Backend(ABC):
+    name: ClassVar[str]
+    program: ClassVar[str]
+    install_hint: ClassVar[str]
+    # Environment variables read by the server that an inherited environment must not leak into it.
+    scrubbed_env_prefixes: ClassVar[tuple[str, ...]] = ()
+
+    def check_spec(self, spec: InstanceSpec) -> tuple[str, str] | None:
+        """A (field, message) problem with this instance's config that no start could fix, or None."""
+        return None
+
+    def find_program(self, configured: str | None) -> list[str]:
+        """The command that runs this backend's server, before its arguments."""
+        if configured:
+            found = resolve_program(configured)
+            if found:
+                return [found]
+            raise BinaryNotFound(f"{self.name}: configured program {configured!r} not found. {self.install_hint}")
+        found = resolve_program(self.program)
+        if found:
+            return [found]
+        raise BinaryNotFound(f"{self.name}: {self.program!r} not found on PATH. {self.install_hint}")
+
+    @abstractmethod
+    def command(self, spec: InstanceSpec, program: list[str]) -> list[str]:
+        """The full argv: the program, the arguments the adapter must pass, then the user's args."""
+
+    def environment(self, spec: InstanceSpec, inherited: dict[str, str]) -> dict[str, str]:
+        # str.startswith(()) is False, so a backend without prefixes keeps everything.
+        env = {key: value for key, value in inherited.items() if not key.startswith(self.scrubbed_env_prefixes)}
+        env.update(spec.env)
+        return env
+
+    @abstractmethod
+    async def wait_ready(self, spec: InstanceSpec, http: httpx.AsyncClient) -> None:
+        """Return once the server can answer a request for its model; raise NotReady if it never will.
+
+        The supervisor bounds this with the instance's start_timeout and cancels it if the process exits.
+        """
+
+    @abstractmethod
+    def liveness_url(self, spec: InstanceSpec) -> str:
+        """A cheap URL that answers 2xx while the server is healthy."""
+
+    async def is_healthy(self, spec: InstanceSpec, http: httpx.AsyncClient) -> bool:
+        status = await get_status(http, self.liveness_url(spec), spec.health.timeout)
+        return status is not None and 200 <= status < 300
+
+
+def resolve_program(program: str, workdir: str | None = None) -> str | None:
+    """An executable path for `program`: a path (relative to `workdir`) or a name on PATH."""
+    if os.sep in program:
+        path = Path(program).expanduser()
+        if not path.is_absolute() and workdir:
+            path = Path(workdir) / path
+        return str(path) if path.is_file() and os.access(path, os.X_OK) else None
+    return shutil.which(program)
+
+
+async def get_status(http: httpx.AsyncClient, url: str, timeout: float) -> int | None:
+    """The HTTP status of GET url, or None when nothing answers in time."""
+    import httpx
+
+    try:
+        response = await http.get(url, timeout=timeout)
+    except (httpx.HTTPError, OSError):
+        return None
+    return response.status_code
+
+
+async def poll_until_ok(http: httpx.AsyncClient, url: str, timeout: float, accept: tuple[int, ...] = (200,)) -> None:
+    """Poll `url` every READY_POLL_INTERVAL until it answers with one of `accept`."""
+    while await get_status(http, url, timeout) not in accept:
+        await asyncio.sleep(READY_POLL_INTERVAL)
+
+
+def resolve_model_path(spec: InstanceSpec, model: str) -> Path:
+    path = Path(model).expanduser()
+    return path if path.is_absolute() else Path(spec.workdir) / path

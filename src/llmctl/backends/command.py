@@ -1,0 +1,42 @@
+"""Any other OpenAI-compatible server (vLLM, LocalAI, LM Studio's server, ...).
+
+The user gives the whole command line as `command:` and, usually, the readiness URL as
+`health: {url: ...}`; without one, GET /v1/models on the instance's address must answer 2xx.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from ..errors import BinaryNotFound
+from .base import Backend, poll_until_ok, resolve_program
+
+if TYPE_CHECKING:
+    import httpx
+
+    from ..config import InstanceSpec
+
+
+class CommandBackend(Backend):
+    name = "command"
+    program = ""
+    install_hint = "Check the first word of `command:`."
+
+    def command(self, spec: InstanceSpec, program: list[str]) -> list[str]:
+        assert spec.command is not None  # the schema requires it for this backend
+        found = resolve_program(spec.command[0], spec.workdir)
+        if found is None:
+            raise BinaryNotFound(f"command: program {spec.command[0]!r} not found. {self.install_hint}")
+        return [found, *spec.command[1:], *spec.args]
+
+    def find_program(self, configured: str | None) -> list[str]:
+        return []  # the program is the first word of `command:`
+
+    def liveness_url(self, spec: InstanceSpec) -> str:
+        return spec.health_url("/v1/models")
+
+    async def wait_ready(self, spec: InstanceSpec, http: httpx.AsyncClient) -> None:
+        await poll_until_ok(http, self.liveness_url(spec), spec.health.timeout, accept=tuple(range(200, 300)))
+
+
+BACKEND = CommandBackend()

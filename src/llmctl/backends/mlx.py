@@ -1,0 +1,82 @@
+"""Apple MLX's `mlx_lm.server`: a local model folder or a Hugging Face id.
+
+Its /health says ok as soon as the port is bound, while the model may still be loading (or have
+failed to load, which leaves the process alive). Since mlx-lm 0.31.3 the model loads in the
+generation thread, and requests queue behind the load; so readiness is proven by one real
+one-token completion, while /health turning 503 (generation thread died) means it never will be.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from .base import READY_POLL_INTERVAL, Backend, NotReady, get_status, poll_until_ok, resolve_model_path
+
+if TYPE_CHECKING:
+    import httpx
+
+    from ..config import InstanceSpec
+
+_LOCAL_PREFIXES = ("/", "./", "../", "~")
+
+
+class MlxBackend(Backend):
+    name = "mlx"
+    program = "mlx_lm.server"
+    install_hint = 'Install it with `pip install mlx-lm` (on Linux: `pip install "mlx[cpu]" mlx-lm`), or set binaries.mlx.'
+
+    def check_spec(self, spec: InstanceSpec) -> tuple[str, str] | None:
+        model = spec.model or ""
+        local = resolve_model_path(spec, model)
+        if model.startswith(_LOCAL_PREFIXES) or local.exists():
+            if not (local / "config.json").is_file():
+                return "model", f"MLX model folder not found (no config.json): {local}"
+        elif model.count("/") != 1:
+            return "model", f"{model!r} is neither a local folder nor a Hugging Face id like 'mlx-community/NAME'"
+        return None
+
+    def find_program(self, configured: str | None) -> list[str]:
+        if configured:
+            return super().find_program(configured)
+        # The one installed beside llmctl's own Python first: that is the environment `pip install` used.
+        beside = Path(sys.executable).parent / self.program
+        if beside.is_file():
+            return [str(beside)]
+        return super().find_program(None)
+
+    def command(self, spec: InstanceSpec, program: list[str]) -> list[str]:
+        model = spec.model or ""
+        local = resolve_model_path(spec, model)
+        target = str(local) if local.exists() else model
+        return [*program, "--model", target, "--host", spec.host, "--port", str(spec.port), *spec.args]
+
+    def liveness_url(self, spec: InstanceSpec) -> str:
+        return spec.health_url("/health")
+
+    async def wait_ready(self, spec: InstanceSpec, http: httpx.AsyncClient) -> None:
+        await poll_until_ok(http, self.liveness_url(spec), spec.health.timeout)
+        completion = asyncio.ensure_future(self._first_token(spec, http))
+        try:
+            while not completion.done():
+                if await get_status(http, self.liveness_url(spec), spec.health.timeout) == 503:
+                    raise NotReady("the model failed to load (mlx_lm.server's generation thread died)")
+                await asyncio.wait({completion}, timeout=READY_POLL_INTERVAL * 4)
+            completion.result()
+        finally:
+            completion.cancel()
+
+    async def _first_token(self, spec: InstanceSpec, http: httpx.AsyncClient) -> None:
+        """One-token completion of the default model (no `model` field: naming one may swap models)."""
+        response = await http.post(
+            spec.url + "/v1/completions",
+            json={"prompt": "hi", "max_tokens": 1},
+            timeout=spec.health.start_timeout,
+        )
+        if response.status_code != 200 or "choices" not in response.text:
+            raise NotReady(f"a test completion answered HTTP {response.status_code}: {response.text[:200]}")
+
+
+BACKEND = MlxBackend()

@@ -1,0 +1,66 @@
+"""Ollama: `ollama serve` on the instance's address, with the instance's model preloaded.
+
+Ready means the API answers and the model is loaded: llmctl asks for it through /api/generate
+(no prompt: a pure load) and then sees it in /api/ps. The model's memory lives in runner child
+processes of `ollama serve`, which the supervisor counts as part of the process tree.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING
+
+from .base import READY_POLL_INTERVAL, Backend, NotReady, poll_until_ok
+
+if TYPE_CHECKING:
+    import httpx
+
+    from ..config import InstanceSpec
+
+
+class OllamaBackend(Backend):
+    name = "ollama"
+    program = "ollama"
+    install_hint = "Install Ollama (see ollama.com/download), or set binaries.ollama."
+    # Settings meant for another Ollama (a desktop app's OLLAMA_HOST, say) must not reach this one.
+    scrubbed_env_prefixes = ("OLLAMA_",)
+
+    def command(self, spec: InstanceSpec, program: list[str]) -> list[str]:
+        return [*program, "serve", *spec.args]
+
+    def environment(self, spec: InstanceSpec, inherited: dict[str, str]) -> dict[str, str]:
+        env = super().environment(spec, inherited)
+        env["OLLAMA_HOST"] = f"{spec.host}:{spec.port}"
+        return env
+
+    def liveness_url(self, spec: InstanceSpec) -> str:
+        return spec.health_url("/api/version")
+
+    async def wait_ready(self, spec: InstanceSpec, http: httpx.AsyncClient) -> None:
+        # Ollama accepts connections before it serves them: short probe timeouts, retried.
+        await poll_until_ok(http, self.liveness_url(spec), min(spec.health.timeout, 1.0))
+        await self._preload(spec, http)
+        while spec.model not in await self.loaded_models(spec, http):
+            await asyncio.sleep(READY_POLL_INTERVAL)
+
+    async def _preload(self, spec: InstanceSpec, http: httpx.AsyncClient) -> None:
+        request: dict[str, object] = {"model": spec.model}
+        if "OLLAMA_KEEP_ALIVE" not in spec.env:
+            request["keep_alive"] = -1  # a supervised model stays loaded; the user can say otherwise
+        response = await http.post(spec.url + "/api/generate", json=request, timeout=spec.health.start_timeout)
+        if response.status_code == 404:
+            raise NotReady(f"model {spec.model!r} is not in this Ollama's library; pull it with `ollama pull {spec.model}`")
+        if response.status_code != 200:
+            raise NotReady(f"loading {spec.model!r} answered HTTP {response.status_code}: {response.text[:200]}")
+
+    async def loaded_models(self, spec: InstanceSpec, http: httpx.AsyncClient) -> set[str]:
+        response = await http.get(spec.url + "/api/ps", timeout=spec.health.timeout)
+        names: set[str] = set()
+        for entry in response.json().get("models", []):
+            names.update(str(entry.get(key)) for key in ("name", "model") if entry.get(key))
+        # `llama3.2` is served as `llama3.2:latest`.
+        names.update(name.removesuffix(":latest") for name in list(names))
+        return names
+
+
+BACKEND = OllamaBackend()

@@ -1,0 +1,116 @@
+"""Everything `llmctl` prints about instances: a Rich table on a terminal, aligned plain text off
+one (no colour, no box drawing: scripts read it), JSON when asked.
+
+Rich is imported only when a terminal will see it, so scripts do not pay for it.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any, TextIO
+
+COLUMNS = ("NAME", "BACKEND", "MODEL", "STATE", "PID", "URL", "UPTIME", "RESTARTS", "MEMORY", "CPU", "HEALTH")
+STATE_STYLES = {
+    "healthy": "green",
+    "starting": "yellow",
+    "unhealthy": "red",
+    "backoff": "yellow",
+    "failed": "bold red",
+    "stopped": "dim",
+}
+
+
+def format_bytes(value: int | None) -> str:
+    if value is None:
+        return "-"
+    size = float(value)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size:.1f} GiB"
+
+
+def format_duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    whole = int(seconds)
+    if whole < 60:
+        return f"{seconds:.0f}s" if seconds >= 10 else f"{seconds:.1f}s"
+    minutes, secs = divmod(whole, 60)
+    if minutes < 60:
+        return f"{minutes}m{secs:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    if hours < 48:
+        return f"{hours}h{minutes:02d}m"
+    return f"{hours // 24}d{hours % 24:02d}h"
+
+
+def short_model(model: str | None) -> str:
+    if not model:
+        return "-"
+    return Path(model).name if "/" in model and model.startswith(("/", ".", "~")) else model
+
+
+def row(instance: dict[str, Any]) -> list[str]:
+    cpu = instance.get("cpu_percent")
+    health = instance.get("health") or "-"
+    if instance.get("state") in ("failed", "backoff") and instance.get("last_error"):
+        health = instance["last_error"]
+    return [
+        instance["name"],
+        instance["backend"],
+        short_model(instance.get("model")),
+        instance["state"],
+        str(instance["pid"]) if instance.get("pid") else "-",
+        instance.get("url") or "-",
+        format_duration(instance.get("uptime_s")),
+        str(instance.get("restarts", 0)),
+        format_bytes(instance.get("memory_bytes")),
+        f"{cpu:.1f}%" if cpu is not None else "-",
+        health,
+    ]
+
+
+def write_json(payload: dict[str, Any], out: TextIO = sys.stdout) -> None:
+    out.write(json.dumps(payload, indent=2) + "\n")
+
+
+def write_plain_table(instances: list[dict[str, Any]], out: TextIO = sys.stdout) -> None:
+    rows = [list(COLUMNS)] + [row(instance) for instance in instances]
+    widths = [max(len(cells[i]) for cells in rows) for i in range(len(COLUMNS) - 1)]
+    for cells in rows:
+        out.write("  ".join(cell.ljust(width) for cell, width in zip(cells, widths)) + "  " + cells[-1] + "\n")
+
+
+def rich_table(status: dict[str, Any]) -> Any:
+    from rich.table import Table
+    from rich.text import Text
+
+    supervisor = status.get("supervisor")
+    caption = (
+        f"supervisor pid {supervisor['pid']} · {supervisor.get('config') or 'no config'}"
+        if supervisor
+        else "no supervisor running"
+    )
+    table = Table(caption=caption, caption_justify="left", header_style="bold")
+    for column in COLUMNS:
+        table.add_column(column, no_wrap=column not in ("HEALTH", "MODEL"), justify="right" if column in ("PID", "RESTARTS", "MEMORY", "CPU", "UPTIME") else "left")
+    for instance in status.get("instances", []):
+        cells = row(instance)
+        cells[3] = Text(cells[3], style=STATE_STYLES.get(instance["state"], ""))  # type: ignore[call-overload]
+        table.add_row(*cells)
+    return table
+
+
+def write_status(status: dict[str, Any], *, as_json: bool, out: TextIO = sys.stdout) -> None:
+    if as_json:
+        write_json(status, out)
+    elif out.isatty():
+        from rich.console import Console
+
+        Console(file=out).print(rich_table(status))
+    else:
+        write_plain_table(status.get("instances", []), out)

@@ -1,0 +1,119 @@
+"""Talk to the supervisor of a state folder, starting one in the background when needed.
+
+Only the standard library is imported here: `llmctl status` in a script loop pays for nothing else.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from .errors import LlmctlError, SupervisorError
+from .paths import StatePaths
+
+SUPERVISOR_START_TIMEOUT = 15.0
+
+
+class SupervisorNotRunning(SupervisorError):
+    """No supervisor answers on this state folder's socket."""
+
+
+def request(paths: StatePaths, payload: dict[str, Any], timeout: float | None = 30.0) -> dict[str, Any]:
+    """Send one request; raise the error the supervisor reports, with its exit code."""
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as connection:
+            connection.settimeout(timeout)
+            connection.connect(str(paths.socket))
+            connection.sendall(json.dumps(payload).encode() + b"\n")
+            answer = _read_line(connection)
+    except (FileNotFoundError, ConnectionRefusedError):
+        raise SupervisorNotRunning(f"no supervisor is running for {paths.root}") from None
+    except socket.timeout:
+        raise SupervisorError(f"the supervisor for {paths.root} did not answer in {timeout:g}s") from None
+    except OSError as exc:
+        raise SupervisorError(f"cannot reach the supervisor at {paths.socket}: {exc.strerror or exc}") from None
+    try:
+        response = json.loads(answer)
+    except ValueError:
+        raise SupervisorError("the supervisor sent an unreadable answer") from None
+    if not response.get("ok"):
+        error = LlmctlError(response.get("error", "the supervisor reported an error"))
+        error.exit_code = int(response.get("exit_code", 1))
+        raise error
+    return response
+
+
+def _read_line(connection: socket.socket) -> bytes:
+    chunks = []
+    while True:
+        chunk = connection.recv(65536)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        if chunk.endswith(b"\n"):
+            break
+    return b"".join(chunks)
+
+
+def is_running(paths: StatePaths) -> bool:
+    try:
+        request(paths, {"op": "ping"}, timeout=5.0)
+    except SupervisorNotRunning:
+        return False
+    return True
+
+
+def ensure_supervisor(paths: StatePaths) -> bool:
+    """Make sure a supervisor serves `paths`; True if this call started it.
+
+    A lock around check-and-spawn makes five `llmctl up` at once start one supervisor; the
+    supervisor's own lock would catch a second one anyway, this only saves the wasted start.
+    """
+    if is_running(paths):
+        return False
+    paths.ensure()
+    with open(paths.spawn_lock, "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if is_running(paths):
+            return False
+        _spawn_daemon(paths)
+    return True
+
+
+def _spawn_daemon(paths: StatePaths) -> None:
+    log_fd = os.open(paths.supervisor_log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    try:
+        daemon = subprocess.Popen(
+            [sys.executable, "-m", "llmctl.daemon", "--state-dir", str(paths.root)],
+            stdin=subprocess.DEVNULL,
+            stdout=log_fd,
+            stderr=log_fd,
+            start_new_session=True,  # survives the terminal closing and Ctrl-C in it
+            close_fds=True,
+            env={**os.environ, "LLMCTL_STATE_DIR": str(paths.root)},
+        )
+    finally:
+        os.close(log_fd)
+    deadline = time.monotonic() + SUPERVISOR_START_TIMEOUT
+    while time.monotonic() < deadline:
+        if is_running(paths):
+            return
+        if daemon.poll() is not None and not is_running(paths):
+            raise SupervisorError(f"the supervisor exited at start; see {paths.supervisor_log}: {_last_line(paths.supervisor_log)}")
+        time.sleep(0.02)
+    raise SupervisorError(f"the supervisor did not answer within {SUPERVISOR_START_TIMEOUT:g}s; see {paths.supervisor_log}")
+
+
+def _last_line(path: Path) -> str:
+    try:
+        lines = path.read_text(errors="replace").strip().splitlines()
+    except OSError:
+        return ""
+    return lines[-1] if lines else ""

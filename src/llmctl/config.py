@@ -1,0 +1,410 @@
+"""The schema of instances.yaml, and the loader that turns mistakes into one clear line.
+
+Every error names the file, the line where YAML has one, the instance and the field, e.g.
+
+    instances.yaml:14: instance 'chat', port: must be between 1024 and 65535 (got 70000)
+
+Relative model paths and `command` programs resolve against the config file's folder, so the
+supervisor, which runs elsewhere, sees the same files the user meant.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .errors import ConfigError
+from .yamlsource import LineDict, YamlSyntaxError, line_of, load_yaml
+
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+CONFIG_ENV = "LLMCTL_CONFIG"
+DEFAULT_CONFIG_NAME = "instances.yaml"
+_VARIABLE = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+Seconds = Annotated[float, Field(gt=0)]
+
+
+class HealthSpec(_Strict):
+    """How readiness and liveness are checked. `url` overrides `path` (which is relative to the instance)."""
+
+    path: str | None = None
+    url: str | None = None
+    interval: Seconds = 5.0
+    timeout: Seconds = 5.0
+    start_timeout: Seconds = 300.0
+    failure_threshold: Annotated[int, Field(ge=1)] = 3
+
+    @field_validator("path")
+    @classmethod
+    def _path_starts_with_slash(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith("/"):
+            raise ValueError(f"must start with '/' (got {value!r})")
+        return value
+
+    @field_validator("url")
+    @classmethod
+    def _url_is_http(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("http://", "https://")):
+            raise ValueError(f"must be an http:// or https:// URL (got {value!r})")
+        return value
+
+
+class RestartSpec(_Strict):
+    """What happens when a server exits: `no`, `on-failure` (non-zero exit or signal), `always`."""
+
+    policy: Literal["no", "on-failure", "always"] = "on-failure"
+    backoff: Seconds = 1.0
+    max_backoff: Seconds = 30.0
+    max_starts: Annotated[int, Field(ge=1)] = 5
+    window: Seconds = 60.0
+
+
+class InstanceSpec(_Strict):
+    name: str
+    backend: str
+    model: str | None = None
+    port: Annotated[int, Field(ge=1024, le=65535)]
+    host: str = "127.0.0.1"
+    args: list[str] = []
+    env: dict[str, str] = {}
+    command: list[str] | None = None
+    health: HealthSpec = HealthSpec()
+    restart: RestartSpec = RestartSpec()
+    stop_timeout: Seconds = 10.0
+    # Filled in by the loader, not by users: the folder relative paths resolve against.
+    workdir: str = ""
+
+    @field_validator("name")
+    @classmethod
+    def _plain_name(cls, value: str) -> str:
+        if not NAME_PATTERN.match(value):
+            raise ValueError(
+                f"{value!r} is not a plain name: use letters, digits, '-' and '_' (at most 64), "
+                "since names become file names and URL parts"
+            )
+        return value
+
+    @field_validator("backend")
+    @classmethod
+    def _known_backend(cls, value: str) -> str:
+        from .backends import backend_names
+
+        if value not in backend_names():
+            raise ValueError(f"unknown backend {value!r} (valid: {', '.join(backend_names())})")
+        return value
+
+    @field_validator("args", mode="before")
+    @classmethod
+    def _args_are_strings(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            raise ValueError("must be a list of strings, one argument each (e.g. ['-c', '4096'])")
+        if isinstance(value, list):
+            return [_scalar_to_str(item) for item in value]
+        return value
+
+    @field_validator("env", mode="before")
+    @classmethod
+    def _env_values_are_strings(cls, value: Any) -> Any:
+        if isinstance(value, Mapping):
+            return {key: _scalar_to_str(item) for key, item in value.items()}
+        return value
+
+    @field_validator("command", mode="before")
+    @classmethod
+    def _split_command(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            try:
+                value = shlex.split(value)
+            except ValueError as exc:
+                raise ValueError(f"cannot split the command line: {exc}") from None
+        if isinstance(value, list) and not value:
+            raise ValueError("must name a program to run")
+        return value
+
+    @model_validator(mode="after")
+    def _backend_fields(self) -> InstanceSpec:
+        if self.backend == "command" and self.command is None:
+            raise ValueError("backend 'command' needs `command:` (the server's command line)")
+        if self.backend != "command" and self.command is not None:
+            raise ValueError(f"`command:` is only for backend 'command'; backend {self.backend!r} builds its own")
+        if self.backend != "command" and not self.model:
+            raise ValueError(f"backend {self.backend!r} needs `model:`")
+        return self
+
+    @property
+    def url(self) -> str:
+        return f"http://{connect_host(self.host)}:{self.port}"
+
+    def health_url(self, default_path: str) -> str:
+        if self.health.url:
+            return self.health.url
+        return self.url + (self.health.path or default_path)
+
+
+class DefaultsSpec(_Strict):
+    """Values every instance starts from; an instance's own keys win, mappings merge key by key."""
+
+    host: str | None = None
+    env: dict[str, str] | None = None
+    health: dict[str, Any] | None = None
+    restart: dict[str, Any] | None = None
+    stop_timeout: Seconds | None = None
+
+
+class Config(_Strict):
+    instances: list[InstanceSpec]
+    defaults: DefaultsSpec = DefaultsSpec()
+    binaries: dict[str, str] = {}
+    path: str = ""
+
+    @field_validator("binaries")
+    @classmethod
+    def _known_backends(cls, value: dict[str, str]) -> dict[str, str]:
+        from .backends import backend_names
+
+        for name in value:
+            if name not in backend_names():
+                raise ValueError(f"unknown backend {name!r} (valid: {', '.join(backend_names())})")
+        return value
+
+    @model_validator(mode="after")
+    def _unique_names_and_ports(self) -> Config:
+        seen_names: set[str] = set()
+        seen_ports: dict[int, str] = {}
+        for index, instance in enumerate(self.instances):
+            if instance.name in seen_names:
+                raise _FieldProblem(("instances", index, "name"), f"duplicate name {instance.name!r}")
+            seen_names.add(instance.name)
+            if instance.port in seen_ports:
+                raise _FieldProblem(
+                    ("instances", index, "port"),
+                    f"port {instance.port} is already used by instance {seen_ports[instance.port]!r}",
+                )
+            seen_ports[instance.port] = instance.name
+        return self
+
+    def instance(self, name: str) -> InstanceSpec:
+        for instance in self.instances:
+            if instance.name == name:
+                return instance
+        raise ConfigError(f"no instance named {name!r} in {self.path} (instances: {', '.join(self.names) or 'none'})")
+
+    @property
+    def names(self) -> list[str]:
+        return [instance.name for instance in self.instances]
+
+    def select(self, names: list[str] | None) -> list[InstanceSpec]:
+        """The instances named (all when none are), in the order given; unknown names are an error."""
+        if not names:
+            return list(self.instances)
+        return [self.instance(name) for name in dict.fromkeys(names)]
+
+
+class _FieldProblem(Exception):
+    """A problem found outside field validation, with the path of the field it concerns.
+
+    Not a ValueError on purpose: pydantic would swallow one into a ValidationError without its path.
+    """
+
+    def __init__(self, location: tuple[Any, ...], message: str) -> None:
+        super().__init__(message)
+        self.location = location
+
+
+def connect_host(host: str) -> str:
+    """Where a client on this machine reaches a server bound to `host`."""
+    if host in ("0.0.0.0", ""):
+        return "127.0.0.1"
+    if host in ("::", "[::]"):
+        return "[::1]"
+    if ":" in host and not host.startswith("["):
+        return f"[{host}]"
+    return host
+
+
+def _scalar_to_str(value: Any) -> Any:
+    # YAML reads `OLLAMA_NUM_PARALLEL: 2` as an int; an environment only holds strings.
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return str(value)
+    return value
+
+
+def find_config_path(explicit: str | os.PathLike[str] | None) -> Path:
+    """`-f/--file`, then $LLMCTL_CONFIG, then ./instances.yaml."""
+    if explicit:
+        return Path(explicit).expanduser().absolute()
+    from_env = os.environ.get(CONFIG_ENV)
+    if from_env:
+        return Path(from_env).expanduser().absolute()
+    return Path.cwd() / DEFAULT_CONFIG_NAME
+
+
+def load_config(path: Path) -> Config:
+    """Read, expand and validate a config file; any problem is a ConfigError of one line."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(
+            f"{path}: config file not found (give one with -f/--file or ${CONFIG_ENV}, "
+            f"or create ./{DEFAULT_CONFIG_NAME})"
+        ) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read config file: {exc}") from None
+    return parse_config(text, path)
+
+
+def parse_config(text: str, path: Path) -> Config:
+    try:
+        document = load_yaml(text)
+    except YamlSyntaxError as exc:
+        raise ConfigError(_located(path, exc.line, str(exc))) from None
+    if document is None:
+        raise ConfigError(f"{path}: the file is empty; it needs an `instances:` list")
+    if not isinstance(document, LineDict):
+        raise ConfigError(_located(path, 1, "the top level must be a mapping with an `instances:` list"))
+    try:
+        expanded = _expand_variables(document, ())
+        prepared = _apply_defaults(expanded, path.parent)
+        config = Config.model_validate({**prepared, "path": str(path)})
+    except _FieldProblem as exc:
+        raise ConfigError(_located(path, line_of(document, exc.location), _describe(document, exc.location, str(exc))))
+    except ValidationError as exc:
+        raise ConfigError(_first_validation_error(path, document, exc)) from None
+    for index, instance in enumerate(config.instances):
+        problem = _backend_problem(instance)
+        if problem:
+            field, message = problem
+            location = ("instances", index, field)
+            raise ConfigError(_located(path, line_of(document, location), _describe(document, location, message)))
+    return config
+
+
+def _backend_problem(instance: InstanceSpec) -> tuple[str, str] | None:
+    from .backends import backend_for
+
+    return backend_for(instance.backend).check_spec(instance)
+
+
+def _expand_variables(node: Any, location: tuple[Any, ...]) -> Any:
+    """`${VAR}` and `${VAR:-default}` from the environment in every string; `$$` is a literal `$`."""
+    if isinstance(node, dict):
+        out: Any = LineDict((key, _expand_variables(value, (*location, key))) for key, value in node.items())
+        out.lines, out.line = node.lines, node.line
+        return out
+    if isinstance(node, list):
+        return [_expand_variables(item, (*location, index)) for index, item in enumerate(node)]
+    if not isinstance(node, str) or "$" not in node:
+        return node
+
+    def substitute(match: re.Match[str]) -> str:
+        if match.group(0) == "$$":
+            return "$"
+        name, default = match.group(1), match.group(2)
+        value = os.environ.get(name)
+        if value is None or (value == "" and default is not None):
+            if default is None:
+                raise _FieldProblem(location, f"environment variable ${{{name}}} is not set (or write ${{{name}:-default}})")
+            return default
+        return value
+
+    return _VARIABLE.sub(substitute, node)
+
+
+def _apply_defaults(document: dict[str, Any], config_dir: Path) -> dict[str, Any]:
+    defaults = document.get("defaults") or {}
+    instances = document.get("instances")
+    if not isinstance(instances, list) or not isinstance(defaults, dict):
+        return dict(document)  # let the schema report the wrong type
+    merged = []
+    for instance in instances:
+        if not isinstance(instance, dict):
+            merged.append(instance)
+            continue
+        entry = dict(instance)
+        for key, value in defaults.items():
+            if key not in DefaultsSpec.model_fields:
+                continue  # reported by the schema as an unknown key under `defaults`
+            if isinstance(value, dict) and isinstance(entry.get(key, {}), dict):
+                entry[key] = {**value, **entry.get(key, {})}
+            else:
+                entry.setdefault(key, value)
+        if isinstance(entry.get("restart"), str):
+            entry["restart"] = {"policy": entry["restart"]}
+        entry["workdir"] = str(config_dir)
+        merged.append(entry)
+    return {**document, "instances": merged}
+
+
+def _first_validation_error(path: Path, document: Any, error: ValidationError) -> str:
+    problems = error.errors(include_url=False)
+    first = problems[0]
+    location = _schema_location(first["loc"])
+    message = _friendly(first, document, location)
+    extra = f" (and {len(problems) - 1} more problem{'s' if len(problems) > 2 else ''})" if len(problems) > 1 else ""
+    return _located(path, line_of(document, location), _describe(document, location, message)) + extra
+
+
+def _schema_location(location: tuple[Any, ...]) -> tuple[Any, ...]:
+    # pydantic adds the model or union member name to some locations; keep only the real path.
+    return tuple(step for step in location if not (isinstance(step, str) and ("[" in step or step in ("str", "list[str]"))))
+
+
+def _friendly(problem: Mapping[str, Any], document: Any, location: tuple[Any, ...]) -> str:
+    kind = problem["type"]
+    if kind == "extra_forbidden":
+        parent = _model_for(location[:-1])
+        valid = ", ".join(name for name in parent.model_fields if name not in ("workdir", "path")) if parent else ""
+        return f"unknown key {location[-1]!r}" + (f" (valid keys: {valid})" if valid else "")
+    if kind == "missing":
+        return f"missing required key {location[-1]!r}"
+    message = str(problem["msg"]).removeprefix("Value error, ")
+    if kind in ("greater_than_equal", "less_than_equal") and location and location[-1] == "port":
+        return f"must be between 1024 and 65535 (got {problem.get('input')!r})"
+    if "input" in problem and kind not in ("value_error", "assertion_error") and not isinstance(problem["input"], (dict, list)):
+        message += f" (got {problem['input']!r})"
+    return message
+
+
+def _model_for(location: tuple[Any, ...]) -> type[BaseModel] | None:
+    model: type[BaseModel] | None = Config
+    for step in location:
+        if model is None:
+            return None
+        if isinstance(step, int):
+            continue
+        field = model.model_fields.get(step)
+        if field is None:
+            return None
+        model = {"instances": InstanceSpec, "defaults": DefaultsSpec, "health": HealthSpec, "restart": RestartSpec}.get(step)
+    return model
+
+
+def _describe(document: Any, location: tuple[Any, ...], message: str) -> str:
+    """Prefix a message with the instance and field it concerns."""
+    if len(location) >= 2 and location[0] == "instances" and isinstance(location[1], int):
+        instances = document.get("instances") if isinstance(document, dict) else None
+        name = None
+        if isinstance(instances, list) and location[1] < len(instances) and isinstance(instances[location[1]], dict):
+            name = instances[location[1]].get("name")
+        who = f"instance {name!r}" if isinstance(name, str) else f"instance #{location[1] + 1}"
+        field = ".".join(str(step) for step in location[2:])
+        return f"{who}, {field}: {message}" if field else f"{who}: {message}"
+    field = ".".join(str(step) for step in location)
+    return f"{field}: {message}" if field else message
+
+
+def _located(path: Path, line: int | None, message: str) -> str:
+    return f"{path}:{line}: {message}" if line else f"{path}: {message}"

@@ -1,0 +1,95 @@
+"""The control API: one JSON request per connection on a Unix socket only this user can open.
+
+    -> {"op": "status"}                              <- {"ok": true, ...}
+    -> {"op": "up", "config": PATH, "names": [...]}  <- {"ok": true, "actions": {...}}
+    -> {"op": "down", "names": [...]}                 (no names: everything, then the supervisor exits)
+    -> {"op": "restart", "names": [...]}
+    -> {"op": "ping"}
+
+Fixed verbs only: nothing here runs a command a client names.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+from typing import TYPE_CHECKING, Any
+
+from . import __version__
+from .errors import ConfigError
+from .supervisor import as_error
+
+if TYPE_CHECKING:
+    from .supervisor import Supervisor
+
+log = logging.getLogger("llmctl.control")
+MAX_REQUEST_BYTES = 1 << 20
+
+
+async def serve(supervisor: Supervisor) -> None:
+    path = supervisor.paths.socket
+    if path.exists() or path.is_symlink():
+        path.unlink()  # the caller holds the supervisor lock, so any socket here is a stale one
+    previous_umask = os.umask(0o177)  # created 0600: no window in which others could connect
+    try:
+        server = await asyncio.start_unix_server(lambda r, w: _handle(supervisor, r, w), path=str(path), limit=MAX_REQUEST_BYTES)
+    finally:
+        os.umask(previous_umask)
+    os.chmod(path, 0o600)
+    try:
+        async with server:
+            await supervisor.shutdown_requested.wait()
+    finally:
+        server.close()
+        if path.exists():
+            path.unlink()
+
+
+async def _handle(supervisor: Supervisor, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    try:
+        line = await reader.readline()
+        try:
+            request = json.loads(line)
+            if not isinstance(request, dict):
+                raise ValueError("not an object")
+            response = await _dispatch(supervisor, request)
+        except ValueError as exc:
+            response = {"ok": False, "error": f"bad request: {exc}", "exit_code": 2}
+        except Exception as exc:  # noqa: BLE001 - every failure becomes an answer, never a dead supervisor
+            response = as_error(exc)
+        writer.write(json.dumps(response).encode() + b"\n")
+        await writer.drain()
+    except (ConnectionError, asyncio.IncompleteReadError):
+        pass
+    finally:
+        writer.close()
+    if request_is_full_shutdown(locals().get("request")):
+        supervisor.shutdown_requested.set()
+
+
+def request_is_full_shutdown(request: Any) -> bool:
+    return isinstance(request, dict) and request.get("op") == "down" and not request.get("names")
+
+
+async def _dispatch(supervisor: Supervisor, request: dict[str, Any]) -> dict[str, Any]:
+    op = request.get("op")
+    names = request.get("names") or []
+    if not isinstance(names, list) or not all(isinstance(name, str) for name in names):
+        raise ConfigError("names must be a list of instance names")
+    if op == "ping":
+        return {"ok": True, "pid": os.getpid(), "version": __version__}
+    if op == "status":
+        return {"ok": True, **supervisor.status()}
+    if op == "up":
+        config = request.get("config")
+        if not isinstance(config, str):
+            raise ConfigError("up needs the config file's path")
+        return {"ok": True, **await supervisor.up(config, names)}
+    if op == "down":
+        return {"ok": True, **await supervisor.stop(names)}
+    if op == "restart":
+        config = request.get("config")
+        return {"ok": True, **await supervisor.restart(names, config if isinstance(config, str) else None)}
+    raise ConfigError(f"unknown operation {op!r}")

@@ -1,0 +1,78 @@
+"""The supervisor as a process: `python -m llmctl.daemon --state-dir DIR`.
+
+`llmctl up` starts it detached; `llmctl up --foreground` runs the same loop in the terminal.
+One supervisor per state folder, enforced by an flock held for the process's whole life.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import fcntl
+import logging
+import os
+import signal
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import IO
+
+from .errors import SupervisorError
+from .paths import StatePaths
+from .supervisor import Supervisor, run_control_server
+
+
+def acquire_supervisor_lock(paths: StatePaths) -> IO[str]:
+    """Hold this state folder's supervisor lock, or raise if another supervisor has it."""
+    paths.ensure()
+    lock = open(paths.supervisor_lock, "a")  # noqa: SIM115 - held until the process exits
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.close()
+        raise SupervisorError(f"another supervisor is already running for {paths.root}") from None
+    lock.truncate(0)
+    lock.write(f"{os.getpid()}\n")
+    lock.flush()
+    return lock
+
+
+async def run_supervisor(
+    paths: StatePaths, on_started: Callable[[Supervisor], Awaitable[None]] | None = None
+) -> None:
+    """Run until `down` (everything) or SIGTERM/SIGINT; then stop every instance."""
+    async with Supervisor(paths) as supervisor:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, lambda: asyncio.ensure_future(supervisor.shutdown()))
+        loop.add_signal_handler(signal.SIGHUP, lambda: None)
+        extra = asyncio.ensure_future(on_started(supervisor)) if on_started else None
+        try:
+            await run_control_server(supervisor)
+        finally:
+            if extra is not None:
+                extra.cancel()
+            await supervisor.stop([])
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="llmctl-supervisor")
+    parser.add_argument("--state-dir", type=Path, required=True)
+    args = parser.parse_args(argv)
+    os.umask(0o077)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    paths = StatePaths(args.state_dir.absolute())
+    try:
+        lock = acquire_supervisor_lock(paths)
+    except SupervisorError as exc:
+        logging.getLogger("llmctl").info("%s; exiting", exc)
+        return 0
+    try:
+        asyncio.run(run_supervisor(paths))
+    finally:
+        lock.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

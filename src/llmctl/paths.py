@@ -1,0 +1,74 @@
+"""Where llmctl keeps its state, logs and control socket.
+
+`$LLMCTL_STATE_DIR` wins (tests and scripts point it at a temp folder); otherwise the platform's user
+state folder. Folders are created 0700 so other users can read neither logs nor the socket.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+# sun_path is 108 bytes on Linux and 104 on macOS; leave room for the terminating NUL.
+_MAX_SOCKET_PATH = 100
+
+
+def _make_private_dir(path: Path) -> Path:
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    return path
+
+
+@dataclass(frozen=True)
+class StatePaths:
+    root: Path
+
+    @classmethod
+    def default(cls) -> StatePaths:
+        override = os.environ.get("LLMCTL_STATE_DIR")
+        if override:
+            return cls(Path(override).expanduser().absolute())
+        import platformdirs
+
+        return cls(Path(platformdirs.user_state_dir("llmctl", appauthor=False)))
+
+    def ensure(self) -> StatePaths:
+        _make_private_dir(self.root)
+        _make_private_dir(self.logs)
+        return self
+
+    @property
+    def logs(self) -> Path:
+        return self.root / "logs"
+
+    def log_file(self, name: str) -> Path:
+        # Names are validated as plain (letters, digits, - and _) before they get here.
+        return self.logs / f"{name}.log"
+
+    @property
+    def state_file(self) -> Path:
+        return self.root / "state.json"
+
+    @property
+    def supervisor_lock(self) -> Path:
+        return self.root / "supervisor.lock"
+
+    @property
+    def spawn_lock(self) -> Path:
+        return self.root / "spawn.lock"
+
+    @property
+    def supervisor_log(self) -> Path:
+        return self.root / "supervisor.log"
+
+    @property
+    def socket(self) -> Path:
+        preferred = self.root / "supervisor.sock"
+        if len(os.fsencode(preferred)) <= _MAX_SOCKET_PATH:
+            return preferred
+        # A deep state folder cannot hold a Unix socket path: use a short, private, per-folder one.
+        digest = hashlib.sha256(os.fsencode(self.root)).hexdigest()[:16]
+        short_dir = Path(tempfile.gettempdir()) / f"llmctl-{os.getuid()}"
+        return _make_private_dir(short_dir) / f"{digest}.sock"

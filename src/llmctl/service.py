@@ -1,0 +1,129 @@
+"""What the commands do, without any terminal: the CLI calls these and renders what they return."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from . import client, state
+from .config import Config, load_config
+from .errors import ConfigError
+from .paths import StatePaths
+
+WAIT_POLL = 0.03
+# While waiting in `up`: an instance is settled when healthy, or failed, or retrying after a failed start.
+OK, FAILED, PENDING = "ok", "failed", "pending"
+
+
+def instance_placeholder(spec: Any) -> dict[str, Any]:
+    return {
+        "name": spec.name,
+        "backend": spec.backend,
+        "model": spec.model,
+        "state": "stopped",
+        "pid": None,
+        "host": spec.host,
+        "port": spec.port,
+        "url": spec.url,
+        "restarts": 0,
+        "uptime_s": None,
+        "memory_bytes": None,
+        "cpu_percent": None,
+        "health": None,
+        "start_failures": 0,
+        "last_exit": None,
+        "last_error": None,
+        "next_restart_in_s": None,
+        "log": None,
+    }
+
+
+def has_adoptable_records(paths: StatePaths) -> bool:
+    """Did a supervisor leave servers behind (it was killed)? Then the next command adopts them."""
+    _, records, _ = state.load_records(paths.state_file)
+    return bool(records)
+
+
+def status(paths: StatePaths, config_path: Path, names: list[str]) -> dict[str, Any]:
+    if client.is_running(paths) or has_adoptable_records(paths):
+        client.ensure_supervisor(paths)
+        answer = client.request(paths, {"op": "status"})
+        return {"supervisor": answer["supervisor"], "instances": select(answer["instances"], names)}
+    config = load_config(config_path)
+    specs = config.select(names)
+    return {"supervisor": None, "instances": [instance_placeholder(spec) for spec in specs]}
+
+
+def select(instances: list[dict[str, Any]], names: list[str]) -> list[dict[str, Any]]:
+    if not names:
+        return instances
+    by_name = {instance["name"]: instance for instance in instances}
+    unknown = [name for name in names if name not in by_name]
+    if unknown:
+        raise ConfigError(f"unknown instance {unknown[0]!r} (known: {', '.join(by_name) or 'none'})")
+    return [by_name[name] for name in dict.fromkeys(names)]
+
+
+def up(paths: StatePaths, config: Config, names: list[str]) -> dict[str, str]:
+    """Ask the supervisor (started if needed) to start what is not running; returns its actions."""
+    config.select(names)  # unknown names fail here, before anything starts
+    client.ensure_supervisor(paths)
+    answer = client.request(paths, {"op": "up", "config": config.path, "names": names}, timeout=None)
+    return answer["actions"]
+
+
+def settle(instance: dict[str, Any]) -> str:
+    if instance["state"] == "healthy":
+        return OK
+    if instance["state"] in ("failed", "stopped"):
+        return FAILED
+    if instance["state"] == "backoff" and instance.get("start_failures"):
+        return FAILED
+    return PENDING
+
+
+def wait_until_settled(
+    paths: StatePaths,
+    names: list[str],
+    timeout: float | None,
+    on_update: Callable[[list[dict[str, Any]]], None] | None = None,
+) -> tuple[list[dict[str, Any]], bool]:
+    """Poll until every named instance is healthy or one failed; (instances, timed_out)."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        instances = select(client.request(paths, {"op": "status"})["instances"], names)
+        if on_update:
+            on_update(instances)
+        outcomes = [settle(instance) for instance in instances]
+        if FAILED in outcomes or all(outcome == OK for outcome in outcomes):
+            return instances, False
+        if deadline is not None and time.monotonic() >= deadline:
+            return instances, True
+        time.sleep(WAIT_POLL)
+
+
+def down(paths: StatePaths, names: list[str]) -> list[str]:
+    """Stop the named instances (all, and the supervisor, when none are named)."""
+    if not client.is_running(paths):
+        if not has_adoptable_records(paths):
+            return []
+        client.ensure_supervisor(paths)  # adopts what a killed supervisor left, so it can be stopped
+    answer = client.request(paths, {"op": "down", "names": names}, timeout=None)
+    if not names:
+        _wait_for_supervisor_exit(paths)
+    return answer["stopped"]
+
+
+def _wait_for_supervisor_exit(paths: StatePaths, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and paths.socket.exists():
+        time.sleep(0.02)
+
+
+def restart(paths: StatePaths, config: Config, names: list[str]) -> dict[str, str]:
+    config.select(names)
+    client.ensure_supervisor(paths)
+    request = {"op": "restart", "names": names, "config": config.path}
+    return client.request(paths, request, timeout=None)["actions"]

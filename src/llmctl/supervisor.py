@@ -1,0 +1,536 @@
+"""The supervisor: starts instances, watches them, restarts them per policy, stops them whole.
+
+Each instance has one lifecycle task. Its states (what `status` shows):
+
+    stopped ──up──▶ starting ──ready──▶ healthy ◀──probe ok── unhealthy
+                       │                   │                      │
+                       │ exit / timeout    │ exit                 │ K failed probes: stopped, then
+                       ▼                   ▼                      ▼ handled like an exit
+                  backoff ◀──────── restart policy says restart
+                       │ crash loop (max_starts within window), or policy says no
+                       ▼
+                     failed (reason kept; `up` or `restart` starts it again)
+
+Deaths are noticed through a pidfd the event loop watches, not a poll; `down` cancels the task, so a
+pending restart in backoff is cancelled with it. Time is measured on the monotonic clock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import random
+import subprocess
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from . import process, state
+from .backends import NotReady, backend_for
+from .config import Config, InstanceSpec, load_config
+from .errors import ConfigError, LlmctlError, StartError
+from .ports import describe_busy_port, port_is_free
+from .redact import redact_argv
+
+if TYPE_CHECKING:
+    import httpx
+
+    from .paths import StatePaths
+
+log = logging.getLogger("llmctl.supervisor")
+
+STATES = ("starting", "healthy", "unhealthy", "backoff", "failed", "stopped")
+_RUNNING = ("starting", "healthy", "unhealthy")
+SAMPLE_INTERVAL = 2.0
+
+
+class StartFailure(Exception):
+    """One start attempt failed. `retry` says whether trying again could help."""
+
+    def __init__(self, reason: str, *, retry: bool) -> None:
+        super().__init__(reason)
+        self.retry = retry
+
+
+@dataclass
+class Instance:
+    """Everything the supervisor knows about one instance, live."""
+
+    spec: InstanceSpec
+    state: str = "stopped"
+    popen: subprocess.Popen[bytes] | None = None
+    handle: process.ProcessHandle | None = None
+    pgid: int | None = None
+    started_wall: float | None = None
+    started_mono: float | None = None
+    restarts: int = 0
+    start_failures: int = 0
+    consecutive_failures: int = 0
+    recent_starts: deque[float] = field(default_factory=deque)
+    last_exit: str | None = None
+    last_error: str | None = None
+    health: str | None = None
+    next_start_at: float | None = None
+    task: asyncio.Task[None] | None = None
+    memory_bytes: int | None = None
+    cpu_percent: float | None = None
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    def clear_process(self) -> None:
+        self.popen = self.handle = self.pgid = None
+        self.started_wall = self.started_mono = None
+        self.memory_bytes = self.cpu_percent = None
+        self.health = None
+
+
+class Supervisor:
+    def __init__(self, paths: StatePaths, *, environ: dict[str, str] | None = None) -> None:
+        self.paths = paths
+        self.environ = dict(os.environ if environ is None else environ)
+        self.instances: dict[str, Instance] = {}
+        self.config_path: str | None = None
+        self.binaries: dict[str, str] = {}
+        self.started_mono = time.monotonic()
+        self.shutdown_requested = asyncio.Event()
+        self._http: httpx.AsyncClient | None = None
+        self._samplers: dict[int, Any] = {}
+
+    # -- life of the supervisor itself -------------------------------------------------------
+
+    async def __aenter__(self) -> Supervisor:
+        import httpx
+
+        # trust_env=False: a proxy from the environment must never sit between us and 127.0.0.1.
+        self._http = httpx.AsyncClient(trust_env=False)
+        self._adopt_recorded()
+        self._sampler_task = asyncio.ensure_future(self._sample_forever())
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self._sampler_task.cancel()
+        if self._http is not None:
+            await self._http.aclose()
+
+    @property
+    def http(self) -> httpx.AsyncClient:
+        assert self._http is not None, "use the supervisor as an async context manager"
+        return self._http
+
+    def _adopt_recorded(self) -> None:
+        """Take over servers a previous supervisor started, if they still run (PID and create time)."""
+        config_path, records, warning = state.load_records(self.paths.state_file)
+        if warning:
+            log.warning(warning)
+        self.config_path = config_path
+        for record in records:
+            try:
+                spec = InstanceSpec.model_validate(record.spec)
+            except ValueError as exc:
+                log.warning("state for %s is unreadable (%s); not adopting pid %s", record.name, exc, record.pid)
+                continue
+            handle = process.ProcessHandle(record.pid, record.create_time)
+            if not handle.is_alive():
+                log.info("%s: recorded pid %s is gone; not adopting", record.name, record.pid)
+                continue
+            instance = Instance(spec=spec, handle=handle, pgid=record.pgid, restarts=record.restarts)
+            instance.started_wall = record.started_at
+            instance.started_mono = time.monotonic() - max(0.0, time.time() - record.started_at)
+            instance.state = "starting"
+            self.instances[spec.name] = instance
+            self._note(instance, f"adopted running pid {record.pid} from a previous supervisor")
+            instance.task = asyncio.ensure_future(self._lifecycle(instance, adopted=True))
+        self._save()
+
+    async def shutdown(self) -> None:
+        await self.stop([])
+        self.shutdown_requested.set()
+
+    # -- operations the control API exposes -------------------------------------------------
+
+    def _load(self, config_path: str) -> Config:
+        """Read the config and learn its instances; running ones keep their spec until restarted."""
+        config = load_config(Path(config_path))
+        self._check_same_config(config)
+        self.config_path = str(config.path)
+        self.binaries = dict(config.binaries)
+        for spec in config.instances:
+            known = self.instances.get(spec.name)
+            if known is None:
+                self.instances[spec.name] = Instance(spec=spec)
+            elif known.state not in _RUNNING and known.task is None:
+                known.spec = spec
+        return config
+
+    async def up(self, config_path: str, names: list[str]) -> dict[str, Any]:
+        config = self._load(config_path)
+        selected = config.select(names)
+        actions: dict[str, str] = {}
+        for spec in selected:
+            instance = self.instances[spec.name]
+            if instance.state in _RUNNING:
+                if instance.spec == spec:
+                    actions[spec.name] = "running"
+                    continue
+                await self._stop_instance(instance)
+                actions[spec.name] = "recreated"
+            else:
+                actions[spec.name] = "starting"
+            instance.spec = spec
+            self._launch(instance)
+        self._save()
+        return {"actions": actions}
+
+    def _check_same_config(self, config: Config) -> None:
+        running = [name for name, instance in self.instances.items() if instance.state in _RUNNING + ("backoff",)]
+        if self.config_path and self.config_path != config.path and running:
+            raise ConfigError(
+                f"this state folder's supervisor serves {self.config_path} ({', '.join(running)} running); "
+                "run `llmctl down` first, or use another $LLMCTL_STATE_DIR for a second config"
+            )
+
+    async def stop(self, names: list[str]) -> dict[str, Any]:
+        targets = self._select(names)
+        await asyncio.gather(*(self._stop_instance(instance) for instance in targets))
+        self._save()
+        return {"stopped": [instance.name for instance in targets]}
+
+    async def restart(self, names: list[str], config_path: str | None = None) -> dict[str, Any]:
+        """Stop and start again, with the spec from the config file when one is given."""
+        config = self._load(config_path) if config_path else None
+        targets = self._select(names)
+        await asyncio.gather(*(self._stop_instance(instance) for instance in targets))
+        for instance in targets:
+            if config is not None and instance.name in config.names:
+                instance.spec = config.instance(instance.name)
+            self._launch(instance)
+        self._save()
+        return {"actions": {instance.name: "restarting" for instance in targets}}
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "supervisor": {
+                "pid": os.getpid(),
+                "uptime_s": round(time.monotonic() - self.started_mono, 3),
+                "config": self.config_path,
+                "state_dir": str(self.paths.root),
+            },
+            "instances": [self._describe(instance) for instance in self.instances.values()],
+        }
+
+    def _select(self, names: list[str]) -> list[Instance]:
+        if not names:
+            return list(self.instances.values())
+        unknown = [name for name in names if name not in self.instances]
+        if unknown:
+            known = ", ".join(self.instances) or "none"
+            raise ConfigError(f"unknown instance {unknown[0]!r} (known to the supervisor: {known})")
+        return [self.instances[name] for name in dict.fromkeys(names)]
+
+    def _describe(self, instance: Instance) -> dict[str, Any]:
+        spec = instance.spec
+        now = time.monotonic()
+        running = instance.handle is not None and instance.state in _RUNNING
+        return {
+            "name": spec.name,
+            "backend": spec.backend,
+            "model": spec.model,
+            "state": instance.state,
+            "pid": instance.handle.pid if running and instance.handle else None,
+            "host": spec.host,
+            "port": spec.port,
+            "url": spec.url,
+            "restarts": instance.restarts,
+            "uptime_s": round(now - instance.started_mono, 3) if running and instance.started_mono else None,
+            "memory_bytes": instance.memory_bytes if running else None,
+            "cpu_percent": instance.cpu_percent if running else None,
+            "health": instance.health,
+            "start_failures": instance.start_failures,
+            "last_exit": instance.last_exit,
+            "last_error": instance.last_error,
+            "next_restart_in_s": (
+                round(max(0.0, instance.next_start_at - now), 3)
+                if instance.state == "backoff" and instance.next_start_at
+                else None
+            ),
+            "log": str(self.paths.log_file(spec.name)),
+        }
+
+    # -- one instance's lifecycle -------------------------------------------------------------
+
+    def _launch(self, instance: Instance) -> None:
+        """Start an instance afresh, as `up` and `restart` do: counters of the last run are reset."""
+        instance.start_failures = 0
+        instance.consecutive_failures = 0
+        instance.recent_starts.clear()
+        instance.last_error = None
+        instance.state = "starting"
+        instance.task = asyncio.ensure_future(self._lifecycle(instance))
+
+    async def _lifecycle(self, instance: Instance, adopted: bool = False) -> None:
+        while True:
+            ever_ready = False
+            try:
+                if adopted:
+                    adopted = False
+                    await self._confirm_adopted(instance)
+                else:
+                    await self._start_once(instance)
+                ever_ready = True
+                reason, failed = await self._watch(instance)
+            except StartFailure as failure:
+                instance.start_failures += 1
+                reason, failed = str(failure), True
+                instance.last_error = reason
+                await self._kill_leftovers(instance)
+                if not failure.retry:
+                    self._settle(instance, "failed", reason)
+                    return
+            instance.last_exit = reason
+            if not self._should_restart(instance, failed):
+                self._settle(instance, "failed" if failed else "stopped", reason if failed else None)
+                return
+            delay = self._backoff_delay(instance, ever_ready)
+            if delay is None:
+                return
+            instance.state = "backoff"
+            instance.next_start_at = time.monotonic() + delay
+            self._note(instance, f"{reason}; restarting in {delay:.1f}s")
+            self._save()
+            await asyncio.sleep(delay)
+            instance.next_start_at = None
+            instance.restarts += 1
+
+    def _settle(self, instance: Instance, final_state: str, reason: str | None) -> None:
+        instance.state = final_state
+        if reason:
+            instance.last_error = reason
+        instance.clear_process()
+        self._note(instance, f"{final_state}" + (f": {reason}" if reason else ""))
+        self._save()
+
+    def _should_restart(self, instance: Instance, failed: bool) -> bool:
+        policy = instance.spec.restart.policy
+        return policy == "always" or (policy == "on-failure" and failed)
+
+    def _backoff_delay(self, instance: Instance, ever_ready: bool) -> float | None:
+        """Exponential backoff with jitter; None (and state `failed`) once the crash-loop limit is hit."""
+        rules = instance.spec.restart
+        now = time.monotonic()
+        while instance.recent_starts and now - instance.recent_starts[0] > rules.window:
+            instance.recent_starts.popleft()
+        if len(instance.recent_starts) >= rules.max_starts:
+            reason = f"crash loop: {len(instance.recent_starts)} starts within {rules.window:g}s (last: {instance.last_exit})"
+            self._settle(instance, "failed", reason)
+            return None
+        if ever_ready and instance.started_mono is not None and now - instance.started_mono >= rules.window:
+            instance.consecutive_failures = 0  # it ran well for a while: this crash starts a new series
+        instance.consecutive_failures += 1
+        base = min(rules.max_backoff, rules.backoff * 2 ** (instance.consecutive_failures - 1))
+        return base * random.uniform(0.8, 1.2)
+
+    async def _start_once(self, instance: Instance) -> None:
+        spec = instance.spec
+        backend = backend_for(spec.backend)
+        instance.state = "starting"
+        instance.health = None
+        try:
+            program = backend.find_program(self.binaries.get(spec.backend))
+            argv = backend.command(spec, program)
+        except StartError as exc:
+            raise StartFailure(str(exc), retry=False) from None
+        if not port_is_free(spec.host, spec.port):
+            raise StartFailure(describe_busy_port(spec.host, spec.port), retry=False)
+        log_path = self.paths.log_file(spec.name)
+        self._note(instance, "starting: " + " ".join(redact_argv(argv)))
+        try:
+            popen = process.spawn(argv, env=backend.environment(spec, self.environ), log_path=log_path, cwd=spec.workdir)
+        except OSError as exc:
+            raise StartFailure(f"cannot start {argv[0]}: {exc.strerror or exc}", retry=False) from None
+        instance.popen = popen
+        instance.pgid = popen.pid  # a new session: its own process group, led by the server
+        try:
+            instance.handle = process.ProcessHandle.of(popen.pid)
+        except Exception:  # noqa: BLE001 - it died before we could look at it; the wait below reports how
+            instance.handle = process.ProcessHandle(popen.pid, 0.0)
+        instance.started_wall, instance.started_mono = time.time(), time.monotonic()
+        instance.recent_starts.append(instance.started_mono)
+        self._save()
+        await self._wait_ready(instance)
+
+    async def _confirm_adopted(self, instance: Instance) -> None:
+        """An adopted server was ready under the old supervisor: one liveness probe usually confirms it."""
+        if await backend_for(instance.spec.backend).is_healthy(instance.spec, self.http):
+            self._mark_healthy(instance, "adopted and healthy")
+            return
+        await self._wait_ready(instance)
+
+    def _mark_healthy(self, instance: Instance, message: str) -> None:
+        instance.state = "healthy"
+        instance.health = "ok"
+        self._note(instance, message)
+        self._save()
+
+    async def _wait_ready(self, instance: Instance) -> None:
+        """Until the backend says ready, the process exits, or start_timeout passes."""
+        spec = instance.spec
+        assert instance.handle is not None
+        backend = backend_for(spec.backend)
+        exited = asyncio.ensure_future(process.wait_for_exit(instance.popen, instance.handle))
+        ready = asyncio.ensure_future(backend.wait_ready(spec, self.http))
+        try:
+            done, _ = await asyncio.wait({exited, ready}, timeout=spec.health.start_timeout, return_when=asyncio.FIRST_COMPLETED)
+            if exited in done:
+                raise StartFailure(f"the server {process.describe_exit(exited.result())} while starting", retry=True)
+            if ready in done:
+                try:
+                    ready.result()
+                except NotReady as exc:
+                    raise StartFailure(str(exc), retry=True) from None
+                self._mark_healthy(instance, f"healthy after {time.monotonic() - (instance.started_mono or 0):.2f}s")
+                return
+            raise StartFailure(f"not healthy within start_timeout ({spec.health.start_timeout:g}s)", retry=True)
+        finally:
+            exited.cancel()
+            ready.cancel()
+
+    async def _watch(self, instance: Instance) -> tuple[str, bool]:
+        """While healthy: return (why it ended, whether that counts as a failure)."""
+        spec = instance.spec
+        assert instance.handle is not None
+        backend = backend_for(spec.backend)
+        exited = asyncio.ensure_future(process.wait_for_exit(instance.popen, instance.handle))
+        failures = 0
+        try:
+            while True:
+                done, _ = await asyncio.wait({exited}, timeout=spec.health.interval)
+                if exited in done:
+                    code = exited.result()
+                    await self._kill_leftovers(instance)
+                    return f"the server {process.describe_exit(code)}", code != 0
+                probe = asyncio.ensure_future(backend.is_healthy(spec, self.http))
+                done, _ = await asyncio.wait({exited, probe}, return_when=asyncio.FIRST_COMPLETED)
+                if probe not in done:
+                    probe.cancel()
+                    continue  # the exit is handled at the top of the loop
+                if probe.result():
+                    failures = 0
+                    instance.state, instance.health = "healthy", "ok"
+                    continue
+                failures += 1
+                instance.health = f"failing ({failures}/{spec.health.failure_threshold})"
+                if failures >= spec.health.failure_threshold:
+                    instance.state = "unhealthy"
+                    reason = f"unhealthy: {failures} health checks failed in a row"
+                    self._note(instance, reason + "; stopping it")
+                    await self._terminate(instance)
+                    return reason, True
+        finally:
+            exited.cancel()
+
+    async def _terminate(self, instance: Instance) -> None:
+        if instance.handle is None or instance.pgid is None:
+            return
+        popen = instance.popen
+        done = await process.stop_tree(
+            instance.handle, instance.pgid, instance.spec.stop_timeout, reap=popen.poll if popen else None
+        )
+        if not done:
+            self._note(instance, "some processes survived SIGKILL")
+
+    async def _kill_leftovers(self, instance: Instance) -> None:
+        """After the leader died or failed to start: nothing of its group may keep a port or memory."""
+        if instance.pgid is not None:
+            if instance.handle is not None and instance.handle.is_alive():
+                await self._terminate(instance)
+            process.kill_group_leftovers(instance.pgid)
+        if instance.popen is not None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                instance.popen.wait(timeout=0)
+
+    async def _stop_instance(self, instance: Instance) -> None:
+        task, instance.task = instance.task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if instance.handle is not None:
+            self._note(instance, "stopping")
+            await self._terminate(instance)
+        was_running = instance.state != "stopped"
+        instance.state = "stopped"
+        instance.next_start_at = None
+        instance.clear_process()
+        if was_running:
+            self._note(instance, "stopped")
+
+    # -- bookkeeping ------------------------------------------------------------------------
+
+    def _save(self) -> None:
+        records = [
+            state.InstanceRecord(
+                name=instance.name,
+                pid=instance.handle.pid,
+                create_time=instance.handle.create_time,
+                pgid=instance.pgid or instance.handle.pid,
+                started_at=instance.started_wall or time.time(),
+                spec=instance.spec.model_dump(),
+                restarts=instance.restarts,
+            )
+            for instance in self.instances.values()
+            if instance.handle is not None
+        ]
+        try:
+            state.save_records(self.paths.state_file, self.config_path, records)
+        except OSError as exc:
+            # The servers keep running; only adoption after a supervisor crash is at risk.
+            log.error("cannot write state file %s: %s", self.paths.state_file, exc)
+
+    def _note(self, instance: Instance, message: str) -> None:
+        """A line in the instance's own log, so `llmctl logs` tells the whole story."""
+        line = f"[llmctl {time.strftime('%Y-%m-%d %H:%M:%S')}] {message}\n"
+        log.info("%s: %s", instance.name, message)
+        try:
+            fd = process.open_log(self.paths.log_file(instance.name))
+        except OSError:
+            return
+        try:
+            os.write(fd, line.encode())
+        except OSError:
+            pass  # a full disk must not stop supervision
+        finally:
+            os.close(fd)
+
+    async def _sample_forever(self) -> None:
+        """Memory and CPU of each process tree, every few seconds, so `status` costs nothing."""
+        from .memory import sample_tree
+
+        while True:
+            for instance in list(self.instances.values()):
+                if instance.handle is None or instance.state not in _RUNNING:
+                    continue
+                try:
+                    instance.memory_bytes, instance.cpu_percent = sample_tree(instance.handle, self._samplers)
+                except Exception as exc:  # noqa: BLE001 - a sampling error must never hurt supervision
+                    log.debug("sampling %s failed: %s", instance.name, exc)
+            await asyncio.sleep(SAMPLE_INTERVAL)
+
+
+async def run_control_server(supervisor: Supervisor) -> None:
+    """Serve the control API until a shutdown is requested."""
+    from .control import serve
+
+    await serve(supervisor)
+
+
+def as_error(exc: BaseException) -> dict[str, Any]:
+    if isinstance(exc, LlmctlError):
+        return {"ok": False, "error": str(exc), "exit_code": exc.exit_code}
+    log.exception("internal error")
+    return {"ok": False, "error": f"internal error in the supervisor: {exc!r}", "exit_code": 1}

@@ -1,0 +1,96 @@
+"""Read YAML safely and remember where each value came from.
+
+`yaml.safe_load` silently keeps the last of two equal keys and forgets line numbers; a config error
+that cannot point at its line is half an error. This loader rejects duplicate keys and returns dicts
+and lists that know the line of each of their entries.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import yaml
+
+_Loader: type = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+class YamlSyntaxError(ValueError):
+    def __init__(self, message: str, line: int | None) -> None:
+        super().__init__(message)
+        self.line = line
+
+
+class LineDict(dict):
+    """A mapping from YAML; `lines[key]` is the 1-based line of that key."""
+
+    lines: dict[Any, int]
+    line: int
+
+
+class LineList(list):
+    """A sequence from YAML; `lines[i]` is the 1-based line of item i."""
+
+    lines: list[int]
+    line: int
+
+
+class _LineLoader(_Loader):  # type: ignore[misc, valid-type]
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> LineDict:
+        result = LineDict()
+        result.lines = {}
+        result.line = node.start_mark.line + 1
+        self.flatten_mapping(node)
+        for key_node, value_node in node.value:
+            key = self.construct_object(key_node, deep=True)
+            try:
+                hash(key)
+            except TypeError:
+                raise YamlSyntaxError("a mapping key must be a plain value", key_node.start_mark.line + 1) from None
+            if key in result:
+                raise YamlSyntaxError(
+                    f"duplicate key '{key}' (first on line {result.lines[key]})", key_node.start_mark.line + 1
+                )
+            result[key] = self.construct_object(value_node, deep=True)
+            result.lines[key] = key_node.start_mark.line + 1
+        return result
+
+    def construct_sequence(self, node: yaml.SequenceNode, deep: bool = False) -> LineList:
+        result = LineList(self.construct_object(child, deep=True) for child in node.value)
+        result.lines = [child.start_mark.line + 1 for child in node.value]
+        result.line = node.start_mark.line + 1
+        return result
+
+
+_LineLoader.add_constructor("tag:yaml.org,2002:map", _LineLoader.construct_mapping)
+_LineLoader.add_constructor("tag:yaml.org,2002:seq", _LineLoader.construct_sequence)
+
+
+def load_yaml(text: str) -> Any:
+    try:
+        return yaml.load(text, Loader=_LineLoader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line = mark.line + 1 if mark else None
+        problem = exc.problem or exc.context or "invalid YAML"
+        if "\t" in problem or "tab" in str(exc):
+            problem += " (YAML does not allow tabs for indentation)"
+        raise YamlSyntaxError(problem, line) from None
+    except yaml.YAMLError as exc:
+        raise YamlSyntaxError(str(exc).splitlines()[0], None) from None
+
+
+def line_of(document: Any, location: Iterable[Any]) -> int | None:
+    """The line of the deepest value on `location` (a path of keys and indexes) that YAML recorded."""
+    line = getattr(document, "line", None)
+    node = document
+    for step in location:
+        if isinstance(node, LineDict) and step in node:
+            line = node.lines.get(step, line)
+            node = node[step]
+        elif isinstance(node, LineList) and isinstance(step, int) and 0 <= step < len(node):
+            line = node.lines[step]
+            node = node[step]
+        else:
+            break
+    return line
