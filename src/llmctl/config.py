@@ -65,6 +65,13 @@ class RestartSpec(_Strict):
 
     policy: Literal["no", "on-failure", "always"] = "on-failure"
     backoff: Seconds = 1.0
+
+    @field_validator("policy", mode="before")
+    @classmethod
+    def _yaml_no_is_false(cls, value: Any) -> Any:
+        # YAML 1.1 reads a bare `no` as false; `restart: no` must still mean the policy "no".
+        return "no" if value is False else value
+
     max_backoff: Seconds = 30.0
     max_starts: Annotated[int, Field(ge=1)] = 5
     window: Seconds = 60.0
@@ -341,7 +348,7 @@ def _apply_defaults(document: dict[str, Any], config_dir: Path) -> dict[str, Any
                 entry[key] = {**value, **entry.get(key, {})}
             else:
                 entry.setdefault(key, value)
-        if isinstance(entry.get("restart"), str):
+        if isinstance(entry.get("restart"), (str, bool)):
             entry["restart"] = {"policy": entry["restart"]}
         entry["workdir"] = str(config_dir)
         merged.append(entry)
@@ -349,10 +356,13 @@ def _apply_defaults(document: dict[str, Any], config_dir: Path) -> dict[str, Any
 
 
 def _first_validation_error(path: Path, document: Any, error: ValidationError) -> str:
-    problems = error.errors(include_url=False)
+    # An unknown key is usually a misspelt one, which also explains a "missing" error: report it first.
+    problems = sorted(error.errors(include_url=False), key=lambda problem: problem["type"] != "extra_forbidden")
     first = problems[0]
     location = _schema_location(first["loc"])
     message = _friendly(first, document, location)
+    if first["type"] == "missing":
+        location = location[:-1]
     extra = f" (and {len(problems) - 1} more problem{'s' if len(problems) > 2 else ''})" if len(problems) > 1 else ""
     return _located(path, line_of(document, location), _describe(document, location, message)) + extra
 

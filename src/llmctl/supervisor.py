@@ -109,7 +109,7 @@ class Supervisor:
 
         # trust_env=False: a proxy from the environment must never sit between us and 127.0.0.1.
         self._http = httpx.AsyncClient(trust_env=False)
-        self._adopt_recorded()
+        await self._adopt_recorded()
         self._sampler_task = asyncio.ensure_future(self._sample_forever())
         return self
 
@@ -123,7 +123,7 @@ class Supervisor:
         assert self._http is not None, "use the supervisor as an async context manager"
         return self._http
 
-    def _adopt_recorded(self) -> None:
+    async def _adopt_recorded(self) -> None:
         """Take over servers a previous supervisor started, if they still run (PID and create time)."""
         config_path, records, warning = state.load_records(self.paths.state_file)
         if warning:
@@ -145,8 +145,17 @@ class Supervisor:
             instance.state = "starting"
             self.instances[spec.name] = instance
             self._note(instance, f"adopted running pid {record.pid} from a previous supervisor")
+        adopted = [instance for instance in self.instances.values() if instance.handle is not None]
+        # Probe before serving the control API, so the first `status` already shows them healthy.
+        healthy = await asyncio.gather(*(self._probe(instance) for instance in adopted))
+        for instance, ok in zip(adopted, healthy):
+            if ok:
+                self._mark_healthy(instance, "adopted and healthy")
             instance.task = asyncio.ensure_future(self._lifecycle(instance, adopted=True))
         self._save()
+
+    async def _probe(self, instance: Instance) -> bool:
+        return await backend_for(instance.spec.backend).is_healthy(instance.spec, self.http)
 
     async def shutdown(self) -> None:
         await self.stop([])
@@ -365,11 +374,9 @@ class Supervisor:
         await self._wait_ready(instance)
 
     async def _confirm_adopted(self, instance: Instance) -> None:
-        """An adopted server was ready under the old supervisor: one liveness probe usually confirms it."""
-        if await backend_for(instance.spec.backend).is_healthy(instance.spec, self.http):
-            self._mark_healthy(instance, "adopted and healthy")
-            return
-        await self._wait_ready(instance)
+        """An adopted server was ready under the old supervisor; one that is not yet gets its start_timeout."""
+        if instance.state != "healthy":
+            await self._wait_ready(instance)
 
     def _mark_healthy(self, instance: Instance, message: str) -> None:
         instance.state = "healthy"

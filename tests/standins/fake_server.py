@@ -1,0 +1,86 @@
+"""A small purpose-built server for faults that concern process behaviour, not a model.
+
+It speaks llama-server's readiness protocol (GET /health: 503 `Loading model`, then 200 ok) and
+misbehaves on request:
+
+    --port P               listen on 127.0.0.1:P
+    --load-seconds S       answer 503 for S seconds first (a slow model load)
+    --never-ready          answer 503 forever (a stuck load)
+    --exit-at-once CODE    exit with CODE before listening (a crash at start)
+    --ignore-term          ignore SIGTERM (only SIGKILL stops it)
+    --children N           fork N children that sleep in the same process group
+    --escaping-child       fork a grandchild that calls setsid and keeps stdout open
+    --flood                print numbered lines to stdout as fast as it can
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.server
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--load-seconds", type=float, default=0.0)
+    parser.add_argument("--never-ready", action="store_true")
+    parser.add_argument("--exit-at-once", type=int)
+    parser.add_argument("--ignore-term", action="store_true")
+    parser.add_argument("--children", type=int, default=0)
+    parser.add_argument("--escaping-child", action="store_true")
+    parser.add_argument("--flood", action="store_true")
+    args = parser.parse_args()
+
+    print(f"fake server pid {os.getpid()} starting", flush=True)
+    if args.exit_at_once is not None:
+        print(f"fake server: exiting at once with {args.exit_at_once}", flush=True)
+        return args.exit_at_once
+    if args.ignore_term:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    for _ in range(args.children):
+        subprocess.Popen([sys.executable, "-c", "import time; time.sleep(1000)"])
+    if args.escaping_child:
+        subprocess.Popen(
+            [sys.executable, "-c", "import os, time; os.setsid(); time.sleep(1000)"],
+            stdout=sys.stdout,
+            stderr=sys.stderr,
+        )
+    if args.flood:
+        threading.Thread(target=_flood, daemon=True).start()
+
+    ready_at = time.monotonic() + args.load_seconds
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            ready = not args.never_ready and time.monotonic() >= ready_at
+            body = b'{"status":"ok"}' if ready else b'{"error":{"code":503,"message":"Loading model"}}'
+            self.send_response(200 if ready else 503)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *_: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", args.port), Handler)
+    print(f"fake server listening on {args.port}", flush=True)
+    server.serve_forever()
+    return 0
+
+
+def _flood() -> None:
+    number = 0
+    while True:
+        number += 1
+        sys.stdout.write(f"line {number}\n")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,208 @@
+"""Supervision with real processes: a small purpose-built server (tests/standins/fake_server.py)
+stands in where the fault concerns process behaviour rather than a model."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import psutil
+
+from .helpers import (
+    by_name,
+    command_instance,
+    free_port,
+    llmctl,
+    processes_mentioning,
+    status_json,
+    supervisor_pid,
+    wait_for,
+    write_config,
+)
+
+FAST_RESTART = "    restart: {policy: on-failure, backoff: 0.2, max_backoff: 1, max_starts: 3, window: 30}\n"
+
+
+def test_kill_9_of_a_server_is_restarted_and_counted(tmp_path):
+    port = free_port()
+    write_config(tmp_path, "instances:" + command_instance("fake", port, extra=FAST_RESTART))
+    assert llmctl("up", cwd=tmp_path).returncode == 0
+    first = by_name(status_json(cwd=tmp_path))["fake"]
+    os.kill(first["pid"], signal.SIGKILL)
+
+    def restarted():
+        instance = by_name(status_json(cwd=tmp_path))["fake"]
+        return instance if instance["state"] == "healthy" and instance["pid"] != first["pid"] else None
+
+    again = wait_for(restarted, timeout=20, message="a new healthy pid")
+    assert again["restarts"] == 1
+    assert "SIGKILL" in again["last_exit"]
+    assert not psutil.pid_exists(first["pid"]) or psutil.Process(first["pid"]).status() == psutil.STATUS_ZOMBIE
+
+
+def test_repeated_kills_reach_the_crash_loop_limit_and_stay_failed(tmp_path):
+    port = free_port()
+    write_config(tmp_path, "instances:" + command_instance("fake", port, extra=FAST_RESTART))
+    assert llmctl("up", cwd=tmp_path).returncode == 0
+    for _ in range(3):
+        instance = wait_for(lambda: (i := by_name(status_json(cwd=tmp_path))["fake"])["state"] == "healthy" and i, timeout=20)
+        os.kill(instance["pid"], signal.SIGKILL)
+    failed = wait_for(lambda: (i := by_name(status_json(cwd=tmp_path))["fake"])["state"] == "failed" and i, timeout=20)
+    assert "crash loop" in failed["last_error"]
+    time.sleep(1.5)  # longer than the largest backoff: nothing may start again on its own
+    assert by_name(status_json(cwd=tmp_path))["fake"]["state"] == "failed"
+    assert processes_mentioning(str(port)) == []
+    # A manual start resets it.
+    assert llmctl("up", cwd=tmp_path).returncode == 0
+    assert by_name(status_json(cwd=tmp_path))["fake"]["state"] == "healthy"
+
+
+def test_server_that_exits_at_once_fails_up_with_reason_and_log(tmp_path):
+    port = free_port()
+    extra = "    restart: {policy: no}\n"
+    write_config(tmp_path, "instances:" + command_instance("crashy", port, "--exit-at-once", "3", extra=extra))
+    result = llmctl("up", cwd=tmp_path)
+    assert result.returncode == 1
+    assert "crashy failed: the server exited with code 3 while starting" in result.stderr
+    assert "fake server: exiting at once with 3" in result.stderr  # the last log lines
+    assert by_name(status_json(cwd=tmp_path))["crashy"]["state"] == "failed"
+
+
+def test_server_that_never_turns_healthy_times_out(tmp_path):
+    port = free_port()
+    extra = "    restart: {policy: no}\n"
+    write_config(tmp_path, "instances:" + command_instance("stuck", port, "--never-ready", extra=extra).replace("timeout: 1}", "timeout: 1, start_timeout: 2}"))
+    started = time.monotonic()
+    result = llmctl("up", cwd=tmp_path)
+    assert result.returncode == 1
+    assert "not healthy within start_timeout (2s)" in result.stderr
+    assert time.monotonic() - started < 15
+    assert processes_mentioning(str(port)) == []
+
+
+def test_slow_load_is_not_a_crash(tmp_path):
+    port = free_port()
+    write_config(tmp_path, "instances:" + command_instance("slow", port, "--load-seconds", "3"))
+    result = llmctl("up", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert by_name(status_json(cwd=tmp_path))["slow"]["restarts"] == 0
+
+
+def test_busy_port_is_refused_before_spawning_and_names_the_holder(tmp_path):
+    port = free_port()
+    write_config(tmp_path, "instances:" + command_instance("fake", port))
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", port))
+        squatter.listen()
+        result = llmctl("up", cwd=tmp_path)
+    assert result.returncode == 1
+    assert f"port {port} on 127.0.0.1 is already in use by python" in result.stderr
+    instance = by_name(status_json(cwd=tmp_path))["fake"]
+    assert instance["state"] == "failed" and instance["restarts"] == 0
+
+
+def test_binary_not_found_says_how_to_fix_it(tmp_path):
+    port = free_port()
+    write_config(tmp_path, f"instances:\n  - name: gone\n    backend: command\n    command: [no-such-server-xyz]\n    port: {port}\n")
+    result = llmctl("up", cwd=tmp_path)
+    assert result.returncode == 1
+    assert "program 'no-such-server-xyz' not found" in result.stderr
+
+
+def test_server_ignoring_sigterm_is_killed_after_its_grace(tmp_path):
+    port = free_port()
+    write_config(tmp_path, "instances:" + command_instance("stubborn", port, "--ignore-term", extra="    stop_timeout: 1\n"))
+    assert llmctl("up", cwd=tmp_path).returncode == 0
+    pid = by_name(status_json(cwd=tmp_path))["stubborn"]["pid"]
+    started = time.monotonic()
+    assert llmctl("down", "stubborn", cwd=tmp_path).returncode == 0
+    took = time.monotonic() - started
+    assert 1.0 <= took < 6, took
+    assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+
+
+def test_children_and_escaped_grandchildren_are_stopped(tmp_path):
+    port = free_port()
+    write_config(tmp_path, "instances:" + command_instance("forky", port, "--children", "2", "--escaping-child"))
+    assert llmctl("up", cwd=tmp_path).returncode == 0
+    leader = psutil.Process(by_name(status_json(cwd=tmp_path))["forky"]["pid"])
+    family = [leader, *leader.children(recursive=True)]
+    assert len(family) == 4
+    started = time.monotonic()
+    assert llmctl("down", cwd=tmp_path).returncode == 0
+    assert time.monotonic() - started < 8
+    alive = [p for p in family if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+    assert alive == []
+
+
+def test_supervisor_kill_9_servers_keep_serving_and_are_adopted(tmp_path, state_dir):
+    port = free_port()
+    write_config(tmp_path, "instances:" + command_instance("fake", port, extra=FAST_RESTART))
+    assert llmctl("up", cwd=tmp_path).returncode == 0
+    before = by_name(status_json(cwd=tmp_path))["fake"]
+    old_supervisor = supervisor_pid(state_dir)
+    os.kill(old_supervisor, signal.SIGKILL)
+    wait_for(lambda: not psutil.pid_exists(old_supervisor) or psutil.Process(old_supervisor).status() == psutil.STATUS_ZOMBIE)
+    # The server still answers with no supervisor at all.
+    import httpx
+
+    assert httpx.get(f"http://127.0.0.1:{port}/health", trust_env=False).status_code == 200
+    after = by_name(status_json(cwd=tmp_path))["fake"]
+    assert supervisor_pid(state_dir) != old_supervisor
+    assert after["pid"] == before["pid"] and after["state"] == "healthy"
+    assert after["uptime_s"] >= before["uptime_s"]
+    # The new supervisor watches it: a kill is noticed and restarted.
+    os.kill(after["pid"], signal.SIGKILL)
+    wait_for(lambda: (i := by_name(status_json(cwd=tmp_path))["fake"])["state"] == "healthy" and i["pid"] != after["pid"], timeout=20)
+    assert llmctl("down", cwd=tmp_path).returncode == 0
+    assert processes_mentioning(str(port)) == []
+
+
+def test_five_concurrent_up_start_one_supervisor_and_each_instance_once(tmp_path, state_dir):
+    ports = [free_port() for _ in range(2)]
+    write_config(tmp_path, "instances:" + command_instance("a", ports[0]) + command_instance("b", ports[1]))
+    runs = [
+        subprocess.Popen([str(Path(llmctl.__globals__["LLMCTL"])), "up"], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for _ in range(5)
+    ]
+    results = [run.communicate(timeout=120) for run in runs]
+    assert [run.returncode for run in runs] == [0] * 5, results
+    supervisors = [p for p in processes_mentioning("llmctl.daemon") if str(state_dir) in " ".join(p.cmdline())]
+    assert len(supervisors) == 1
+    for port in ports:
+        servers = [p for p in processes_mentioning(str(port)) if "fake_server.py" in " ".join(p.cmdline())]
+        assert len(servers) == 1, servers
+
+
+def test_status_without_supervisor_lists_everything_stopped(tmp_path):
+    write_config(tmp_path, "instances:" + command_instance("a", free_port()))
+    status = status_json(cwd=tmp_path)
+    assert status["supervisor"] is None
+    assert [(i["name"], i["state"], i["pid"]) for i in status["instances"]] == [("a", "stopped", None)]
+    plain = llmctl("status", cwd=tmp_path).stdout
+    assert plain.splitlines()[0].split()[:4] == ["NAME", "BACKEND", "MODEL", "STATE"]
+    assert "\x1b[" not in plain  # no colour off a terminal
+
+
+def test_up_is_idempotent_and_down_of_nothing_is_fine(tmp_path):
+    write_config(tmp_path, "instances:" + command_instance("a", free_port()))
+    assert llmctl("down", cwd=tmp_path).returncode == 0
+    assert llmctl("up", cwd=tmp_path).returncode == 0
+    pid = by_name(status_json(cwd=tmp_path))["a"]["pid"]
+    second = llmctl("up", "--json", cwd=tmp_path)
+    assert second.returncode == 0
+    assert json.loads(second.stdout)["actions"] == {"a": "running"}
+    assert by_name(status_json(cwd=tmp_path))["a"]["pid"] == pid
+
+
+def test_unknown_instance_name_is_a_usage_error(tmp_path):
+    write_config(tmp_path, "instances:" + command_instance("a", free_port()))
+    for command in (["up", "nope"], ["status", "nope"], ["logs", "nope"], ["restart", "nope"]):
+        result = llmctl(*command, cwd=tmp_path)
+        assert result.returncode == 2, (command, result.stderr)
+        assert "'nope'" in result.stderr and "Traceback" not in result.stderr
