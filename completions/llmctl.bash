@@ -1,0 +1,40 @@
+# bash completion for llmctl. Source it, or copy it to /etc/bash_completion.d/ or
+# ~/.local/share/bash-completion/completions/llmctl.
+_llmctl_instances() {
+    local file=${LLMCTL_CONFIG:-instances.yaml} i
+    for ((i = 1; i < COMP_CWORD; i++)); do
+        case ${COMP_WORDS[i]} in -f|--file) file=${COMP_WORDS[i+1]} ;; esac
+    done
+    [ -r "$file" ] && sed -n 's/^[[:space:]]*-[[:space:]]*name:[[:space:]]*\([A-Za-z0-9_-]*\).*/\1/p' "$file"
+}
+
+_llmctl() {
+    local cur prev command i
+    cur=${COMP_WORDS[COMP_CWORD]}
+    prev=${COMP_WORDS[COMP_CWORD-1]}
+    for ((i = 1; i < COMP_CWORD; i++)); do
+        case ${COMP_WORDS[i]} in
+            up|status|logs|down|restart|check) command=${COMP_WORDS[i]}; break ;;
+        esac
+    done
+    if [[ $prev == --file || ($prev == -f && $command != logs) ]]; then
+        COMPREPLY=($(compgen -f -- "$cur")); return
+    fi
+    if [[ -z $command ]]; then
+        COMPREPLY=($(compgen -W "up status logs down restart check -f --file -h --help" -- "$cur")); return
+    fi
+    local options
+    case $command in
+        up) options="--no-wait --timeout --foreground --json -f --file" ;;
+        status) options="--json --watch -w --interval -f --file" ;;
+        logs) options="-f --follow -n --lines --file" ;;
+        down) options="--json -f --file" ;;
+        restart|check) options="-f --file" ;;
+    esac
+    if [[ $cur == -* ]]; then
+        COMPREPLY=($(compgen -W "$options" -- "$cur"))
+    elif [[ $command != check ]]; then
+        COMPREPLY=($(compgen -W "$(_llmctl_instances)" -- "$cur"))
+    fi
+}
+complete -F _llmctl llmctl
