@@ -72,7 +72,9 @@ def _stop_everything(state: Path, work: Path) -> None:
             continue
         try:
             environ = process.info.get("environ") or {}
-            if environ.get("LLMCTL_STATE_DIR") == str(state) or any(str(work) in part for part in process.info["cmdline"] or []):
+            if environ.get("LLMCTL_STATE_DIR") == str(state) or any(
+                str(work) in part for part in process.info["cmdline"] or []
+            ):
                 process.kill()
         except psutil.Error:
             continue

@@ -26,7 +26,9 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def llmctl(*args: str, cwd: Path | None = None, timeout: float = 180, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def llmctl(
+    *args: str, cwd: Path | None = None, timeout: float = 180, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     """Run the installed `llmctl` command, as a user's script would."""
     return subprocess.run(
         [LLMCTL, *args],

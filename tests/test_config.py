@@ -62,23 +62,56 @@ instances:
 @pytest.mark.parametrize(
     ("body", "expected"),
     [
-        ("  - name: a\n    backend: llama.cpp\n    model: M\n    port: 70000\n", ":5: instance 'a', port: must be between 1024 and 65535"),
+        (
+            "  - name: a\n    backend: llama.cpp\n    model: M\n    port: 70000\n",
+            ":5: instance 'a', port: must be between 1024 and 65535",
+        ),
         ("  - name: a\n    backend: llama.cpp\n    model: M\n    port: abc\n", ":5: instance 'a', port:"),
         ("  - name: a\n    backend: llama.cpp\n    model: M\n    port: 0\n", "port: must be between 1024 and 65535"),
-        ("  - name: a\n    backend: llama.cpp\n    model: M\n    port: 8080\n    prot: 1\n", ":6: instance 'a', prot: unknown key 'prot'"),
-        ("  - name: a\n    backend: vllm\n    model: M\n    port: 8080\n", ":3: instance 'a', backend: unknown backend 'vllm'"),
-        ("  - name: ../etc\n    backend: llama.cpp\n    model: M\n    port: 8080\n", ":2: instance '../etc', name: '../etc' is not a plain name"),
+        (
+            "  - name: a\n    backend: llama.cpp\n    model: M\n    port: 8080\n    prot: 1\n",
+            ":6: instance 'a', prot: unknown key 'prot'",
+        ),
+        (
+            "  - name: a\n    backend: vllm\n    model: M\n    port: 8080\n",
+            ":3: instance 'a', backend: unknown backend 'vllm'",
+        ),
+        (
+            "  - name: ../etc\n    backend: llama.cpp\n    model: M\n    port: 8080\n",
+            ":2: instance '../etc', name: '../etc' is not a plain name",
+        ),
         ("  - name: a/b\n    backend: llama.cpp\n    model: M\n    port: 8080\n", "is not a plain name"),
-        ("  - name: a\n    backend: llama.cpp\n    model: missing.gguf\n    port: 8080\n", ":4: instance 'a', model: GGUF file not found"),
+        (
+            "  - name: a\n    backend: llama.cpp\n    model: missing.gguf\n    port: 8080\n",
+            ":4: instance 'a', model: GGUF file not found",
+        ),
         ("  - name: a\n    backend: llama.cpp\n    port: 8080\n", "instance 'a': backend 'llama.cpp' needs `model:`"),
         ("  - name: a\n    backend: llama.cpp\n    model: M\n", "missing required key 'port'"),
         ("  - name: a\n    backend: command\n    port: 8080\n", "backend 'command' needs `command:`"),
-        ("  - name: a\n    backend: llama.cpp\n    model: M\n    port: 8080\n    args: -c 4096\n", "args: must be a list of strings"),
-        ("  - name: a\n    backend: llama.cpp\n    model: M\n    port: 8080\n    restart: {policy: sometimes}\n", "restart.policy: Input should be 'no', 'on-failure' or 'always'"),
-        ("  - name: a\n    backend: llama.cpp\n    model: M\n    port: 8080\n    health: {start_timeout: -1}\n", "health.start_timeout:"),
-        ("  - name: a\n    backend: llama.cpp\n    model: M\n    port: ${NOT_SET_ANYWHERE}\n", ":5: instance 'a', port: environment variable ${NOT_SET_ANYWHERE} is not set"),
-        ("  - name: a\n    backend: llama.cpp\n    model: M\n    port: 8080\n  - name: a\n    backend: llama.cpp\n    model: M\n    port: 8081\n", ":6: instance 'a', name: duplicate name 'a'"),
-        ("  - name: a\n    backend: llama.cpp\n    model: M\n    port: 8080\n  - name: b\n    backend: llama.cpp\n    model: M\n    port: 8080\n", ":9: instance 'b', port: port 8080 is already used by instance 'a'"),
+        (
+            "  - name: a\n    backend: llama.cpp\n    model: M\n    port: 8080\n    args: -c 4096\n",
+            "args: must be a list of strings",
+        ),
+        (
+            "  - name: a\n    backend: llama.cpp\n    model: M\n    port: 8080\n    restart: {policy: sometimes}\n",
+            "restart.policy: Input should be 'no', 'on-failure' or 'always'",
+        ),
+        (
+            "  - name: a\n    backend: llama.cpp\n    model: M\n    port: 8080\n    health: {start_timeout: -1}\n",
+            "health.start_timeout:",
+        ),
+        (
+            "  - name: a\n    backend: llama.cpp\n    model: M\n    port: ${NOT_SET_ANYWHERE}\n",
+            ":5: instance 'a', port: environment variable ${NOT_SET_ANYWHERE} is not set",
+        ),
+        (
+            "  - name: a\n    backend: llama.cpp\n    model: M\n    port: 8080\n  - name: a\n    backend: llama.cpp\n    model: M\n    port: 8081\n",
+            ":6: instance 'a', name: duplicate name 'a'",
+        ),
+        (
+            "  - name: a\n    backend: llama.cpp\n    model: M\n    port: 8080\n  - name: b\n    backend: llama.cpp\n    model: M\n    port: 8080\n",
+            ":9: instance 'b', port: port 8080 is already used by instance 'a'",
+        ),
         ("  - name: a\n    name: b\n", ":3: duplicate key 'name' (first on line 2)"),
         ("  - name: a\n\tbackend: x\n", "tabs"),
         ("  - [unclosed\n", "instances.yaml:"),
@@ -98,7 +131,7 @@ def test_top_level_mistakes(tmp_path):
 
 
 def test_missing_config_file_names_the_ways_to_give_one(tmp_path):
-    with pytest.raises(ConfigError, match="config file not found .*-f/--file"):
+    with pytest.raises(ConfigError, match=r"config file not found .*-f/--file"):
         load_config(tmp_path / "nope.yaml")
 
 
@@ -127,13 +160,24 @@ def test_config_found_by_flag_before_or_after_command_then_env(tmp_path, gguf, m
     assert result.returncode == 0 and "z" in result.stdout
 
 
-YAML_SCALARS = st.one_of(st.integers(-5, 70000), st.text(max_size=12), st.booleans(), st.none(), st.floats(allow_nan=False))
-FIELDS = st.sampled_from(["name", "backend", "model", "port", "host", "args", "env", "command", "health", "restart", "stop_timeout", "bogus"])
-VALUES = st.recursive(YAML_SCALARS, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3), max_leaves=6)
+YAML_SCALARS = st.one_of(
+    st.integers(-5, 70000), st.text(max_size=12), st.booleans(), st.none(), st.floats(allow_nan=False)
+)
+FIELDS = st.sampled_from(
+    ["name", "backend", "model", "port", "host", "args", "env", "command", "health", "restart", "stop_timeout", "bogus"]
+)
+VALUES = st.recursive(
+    YAML_SCALARS,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3),
+    max_leaves=6,
+)
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(instances=st.lists(st.dictionaries(FIELDS, VALUES, max_size=6), max_size=3), top=st.dictionaries(st.sampled_from(["instances", "defaults", "binaries", "x"]), VALUES, max_size=2))
+@given(
+    instances=st.lists(st.dictionaries(FIELDS, VALUES, max_size=6), max_size=3),
+    top=st.dictionaries(st.sampled_from(["instances", "defaults", "binaries", "x"]), VALUES, max_size=2),
+)
 def test_generated_configs_never_raise_anything_but_a_config_error(tmp_path, instances, top):
     import yaml
 

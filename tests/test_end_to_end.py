@@ -82,7 +82,10 @@ def test_up_status_chat_logs_down_leave_nothing_behind(tmp_path, three_instances
 
 def test_restart_replaces_the_process(tmp_path, gguf_model, llama_server):
     port = free_port()
-    write_config(tmp_path, f"instances:\n  - name: chat\n    backend: llama.cpp\n    model: {gguf_model}\n    port: {port}\n    args: ['-c', '256']\n")
+    write_config(
+        tmp_path,
+        f"instances:\n  - name: chat\n    backend: llama.cpp\n    model: {gguf_model}\n    port: {port}\n    args: ['-c', '256']\n",
+    )
     assert llmctl("up", cwd=tmp_path).returncode == 0
     before = by_name(status_json(cwd=tmp_path))["chat"]["pid"]
     result = llmctl("restart", "chat", cwd=tmp_path)
@@ -98,10 +101,17 @@ def test_foreground_up_stops_everything_on_ctrl_c(tmp_path, gguf_model, llama_se
     from .helpers import LLMCTL, wait_for
 
     port = free_port()
-    write_config(tmp_path, f"instances:\n  - name: chat\n    backend: llama.cpp\n    model: {gguf_model}\n    port: {port}\n    args: ['-c', '256']\n")
-    foreground = subprocess.Popen([LLMCTL, "up", "--foreground"], cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    write_config(
+        tmp_path,
+        f"instances:\n  - name: chat\n    backend: llama.cpp\n    model: {gguf_model}\n    port: {port}\n    args: ['-c', '256']\n",
+    )
+    foreground = subprocess.Popen(
+        [LLMCTL, "up", "--foreground"], cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
     try:
-        instance = wait_for(lambda: (i := by_name(status_json(cwd=tmp_path))["chat"])["state"] == "healthy" and i, timeout=60)
+        instance = wait_for(
+            lambda: (i := by_name(status_json(cwd=tmp_path))["chat"])["state"] == "healthy" and i, timeout=60
+        )
         foreground.send_signal(signal.SIGINT)
         assert foreground.wait(timeout=30) == 130
     finally:

@@ -50,7 +50,9 @@ def test_repeated_kills_reach_the_crash_loop_limit_and_stay_failed(tmp_path):
     write_config(tmp_path, "instances:" + command_instance("fake", port, extra=FAST_RESTART))
     assert llmctl("up", cwd=tmp_path).returncode == 0
     for _ in range(3):
-        instance = wait_for(lambda: (i := by_name(status_json(cwd=tmp_path))["fake"])["state"] == "healthy" and i, timeout=20)
+        instance = wait_for(
+            lambda: (i := by_name(status_json(cwd=tmp_path))["fake"])["state"] == "healthy" and i, timeout=20
+        )
         os.kill(instance["pid"], signal.SIGKILL)
     failed = wait_for(lambda: (i := by_name(status_json(cwd=tmp_path))["fake"])["state"] == "failed" and i, timeout=20)
     assert "crash loop" in failed["last_error"]
@@ -76,7 +78,13 @@ def test_server_that_exits_at_once_fails_up_with_reason_and_log(tmp_path):
 def test_server_that_never_turns_healthy_times_out(tmp_path):
     port = free_port()
     extra = "    restart: {policy: no}\n"
-    write_config(tmp_path, "instances:" + command_instance("stuck", port, "--never-ready", extra=extra).replace("timeout: 1}", "timeout: 1, start_timeout: 2}"))
+    write_config(
+        tmp_path,
+        "instances:"
+        + command_instance("stuck", port, "--never-ready", extra=extra).replace(
+            "timeout: 1}", "timeout: 1, start_timeout: 2}"
+        ),
+    )
     started = time.monotonic()
     result = llmctl("up", cwd=tmp_path)
     assert result.returncode == 1
@@ -108,7 +116,10 @@ def test_busy_port_is_refused_before_spawning_and_names_the_holder(tmp_path):
 
 def test_binary_not_found_says_how_to_fix_it(tmp_path):
     port = free_port()
-    write_config(tmp_path, f"instances:\n  - name: gone\n    backend: command\n    command: [no-such-server-xyz]\n    port: {port}\n")
+    write_config(
+        tmp_path,
+        f"instances:\n  - name: gone\n    backend: command\n    command: [no-such-server-xyz]\n    port: {port}\n",
+    )
     result = llmctl("up", cwd=tmp_path)
     assert result.returncode == 1
     assert "program 'no-such-server-xyz' not found" in result.stderr
@@ -116,7 +127,9 @@ def test_binary_not_found_says_how_to_fix_it(tmp_path):
 
 def test_server_ignoring_sigterm_is_killed_after_its_grace(tmp_path):
     port = free_port()
-    write_config(tmp_path, "instances:" + command_instance("stubborn", port, "--ignore-term", extra="    stop_timeout: 1\n"))
+    write_config(
+        tmp_path, "instances:" + command_instance("stubborn", port, "--ignore-term", extra="    stop_timeout: 1\n")
+    )
     assert llmctl("up", cwd=tmp_path).returncode == 0
     pid = by_name(status_json(cwd=tmp_path))["stubborn"]["pid"]
     started = time.monotonic()
@@ -147,7 +160,9 @@ def test_supervisor_kill_9_servers_keep_serving_and_are_adopted(tmp_path, state_
     before = by_name(status_json(cwd=tmp_path))["fake"]
     old_supervisor = supervisor_pid(state_dir)
     os.kill(old_supervisor, signal.SIGKILL)
-    wait_for(lambda: not psutil.pid_exists(old_supervisor) or psutil.Process(old_supervisor).status() == psutil.STATUS_ZOMBIE)
+    wait_for(
+        lambda: not psutil.pid_exists(old_supervisor) or psutil.Process(old_supervisor).status() == psutil.STATUS_ZOMBIE
+    )
     # The server still answers with no supervisor at all.
     import httpx
 
@@ -158,7 +173,10 @@ def test_supervisor_kill_9_servers_keep_serving_and_are_adopted(tmp_path, state_
     assert after["uptime_s"] >= before["uptime_s"]
     # The new supervisor watches it: a kill is noticed and restarted.
     os.kill(after["pid"], signal.SIGKILL)
-    wait_for(lambda: (i := by_name(status_json(cwd=tmp_path))["fake"])["state"] == "healthy" and i["pid"] != after["pid"], timeout=20)
+    wait_for(
+        lambda: (i := by_name(status_json(cwd=tmp_path))["fake"])["state"] == "healthy" and i["pid"] != after["pid"],
+        timeout=20,
+    )
     assert llmctl("down", cwd=tmp_path).returncode == 0
     assert processes_mentioning(str(port)) == []
 
@@ -167,7 +185,13 @@ def test_five_concurrent_up_start_one_supervisor_and_each_instance_once(tmp_path
     ports = [free_port() for _ in range(2)]
     write_config(tmp_path, "instances:" + command_instance("a", ports[0]) + command_instance("b", ports[1]))
     runs = [
-        subprocess.Popen([str(Path(llmctl.__globals__["LLMCTL"])), "up"], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        subprocess.Popen(
+            [str(Path(llmctl.__globals__["LLMCTL"])), "up"],
+            cwd=tmp_path,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         for _ in range(5)
     ]
     results = [run.communicate(timeout=120) for run in runs]

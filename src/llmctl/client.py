@@ -35,7 +35,7 @@ def request(paths: StatePaths, payload: dict[str, Any], timeout: float | None = 
             answer = _read_line(connection)
     except (FileNotFoundError, ConnectionRefusedError):
         raise SupervisorNotRunning(f"no supervisor is running for {paths.root}") from None
-    except socket.timeout:
+    except TimeoutError:
         raise SupervisorError(f"the supervisor for {paths.root} did not answer in {timeout:g}s") from None
     except OSError as exc:
         raise SupervisorError(f"cannot reach the supervisor at {paths.socket}: {exc.strerror or exc}") from None
@@ -106,9 +106,13 @@ def _spawn_daemon(paths: StatePaths) -> None:
         if is_running(paths):
             return
         if daemon.poll() is not None and not is_running(paths):
-            raise SupervisorError(f"the supervisor exited at start; see {paths.supervisor_log}: {_last_line(paths.supervisor_log)}")
+            raise SupervisorError(
+                f"the supervisor exited at start; see {paths.supervisor_log}: {_last_line(paths.supervisor_log)}"
+            )
         time.sleep(0.02)
-    raise SupervisorError(f"the supervisor did not answer within {SUPERVISOR_START_TIMEOUT:g}s; see {paths.supervisor_log}")
+    raise SupervisorError(
+        f"the supervisor did not answer within {SUPERVISOR_START_TIMEOUT:g}s; see {paths.supervisor_log}"
+    )
 
 
 def _last_line(path: Path) -> str:

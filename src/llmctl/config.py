@@ -287,7 +287,8 @@ def parse_config(text: str, path: Path) -> Config:
         prepared = _apply_defaults(expanded, path.parent)
         config = Config.model_validate({**prepared, "path": str(path)})
     except _FieldProblem as exc:
-        raise ConfigError(_located(path, line_of(document, exc.location), _describe(document, exc.location, str(exc))))
+        message = _describe(document, exc.location, str(exc))
+        raise ConfigError(_located(path, line_of(document, exc.location), message)) from None
     except ValidationError as exc:
         raise ConfigError(_first_validation_error(path, document, exc)) from None
     for index, instance in enumerate(config.instances):
@@ -323,7 +324,9 @@ def _expand_variables(node: Any, location: tuple[Any, ...]) -> Any:
         value = os.environ.get(name)
         if value is None or (value == "" and default is not None):
             if default is None:
-                raise _FieldProblem(location, f"environment variable ${{{name}}} is not set (or write ${{{name}:-default}})")
+                raise _FieldProblem(
+                    location, f"environment variable ${{{name}}} is not set (or write ${{{name}:-default}})"
+                )
             return default
         return value
 
@@ -369,7 +372,9 @@ def _first_validation_error(path: Path, document: Any, error: ValidationError) -
 
 def _schema_location(location: tuple[Any, ...]) -> tuple[Any, ...]:
     # pydantic adds the model or union member name to some locations; keep only the real path.
-    return tuple(step for step in location if not (isinstance(step, str) and ("[" in step or step in ("str", "list[str]"))))
+    return tuple(
+        step for step in location if not (isinstance(step, str) and ("[" in step or step in ("str", "list[str]")))
+    )
 
 
 def _friendly(problem: Mapping[str, Any], document: Any, location: tuple[Any, ...]) -> str:
@@ -383,7 +388,11 @@ def _friendly(problem: Mapping[str, Any], document: Any, location: tuple[Any, ..
     message = str(problem["msg"]).removeprefix("Value error, ")
     if kind in ("greater_than_equal", "less_than_equal") and location and location[-1] == "port":
         return f"must be between 1024 and 65535 (got {problem.get('input')!r})"
-    if "input" in problem and kind not in ("value_error", "assertion_error") and not isinstance(problem["input"], (dict, list)):
+    if (
+        "input" in problem
+        and kind not in ("value_error", "assertion_error")
+        and not isinstance(problem["input"], (dict, list))
+    ):
         message += f" (got {problem['input']!r})"
     return message
 
@@ -398,7 +407,9 @@ def _model_for(location: tuple[Any, ...]) -> type[BaseModel] | None:
         field = model.model_fields.get(step)
         if field is None:
             return None
-        model = {"instances": InstanceSpec, "defaults": DefaultsSpec, "health": HealthSpec, "restart": RestartSpec}.get(step)
+        model = {"instances": InstanceSpec, "defaults": DefaultsSpec, "health": HealthSpec, "restart": RestartSpec}.get(
+            step
+        )
     return model
 
 

@@ -34,7 +34,9 @@ async def serve(supervisor: Supervisor) -> None:
         path.unlink()  # the caller holds the supervisor lock, so any socket here is a stale one
     previous_umask = os.umask(0o177)  # created 0600: no window in which others could connect
     try:
-        server = await asyncio.start_unix_server(lambda r, w: _handle(supervisor, r, w), path=str(path), limit=MAX_REQUEST_BYTES)
+        server = await asyncio.start_unix_server(
+            lambda r, w: _handle(supervisor, r, w), path=str(path), limit=MAX_REQUEST_BYTES
+        )
     finally:
         os.umask(previous_umask)
     os.chmod(path, 0o600)
@@ -57,7 +59,7 @@ async def _handle(supervisor: Supervisor, reader: asyncio.StreamReader, writer: 
             response = await _dispatch(supervisor, request)
         except ValueError as exc:
             response = {"ok": False, "error": f"bad request: {exc}", "exit_code": 2}
-        except Exception as exc:  # noqa: BLE001 - every failure becomes an answer, never a dead supervisor
+        except Exception as exc:
             response = as_error(exc)
         writer.write(json.dumps(response).encode() + b"\n")
         await writer.drain()

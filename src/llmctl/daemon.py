@@ -37,9 +37,7 @@ def acquire_supervisor_lock(paths: StatePaths) -> IO[str]:
     return lock
 
 
-async def run_supervisor(
-    paths: StatePaths, on_started: Callable[[Supervisor], Awaitable[None]] | None = None
-) -> None:
+async def run_supervisor(paths: StatePaths, on_started: Callable[[Supervisor], Awaitable[None]] | None = None) -> None:
     """Run until `down` (everything) or SIGTERM/SIGINT; then stop every instance."""
     async with Supervisor(paths) as supervisor:
         loop = asyncio.get_running_loop()

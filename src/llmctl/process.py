@@ -7,6 +7,7 @@ program since we recorded it, and llmctl must never signal a stranger.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import os
 import signal
@@ -132,10 +133,8 @@ def _alive(processes: list[psutil.Process]) -> list[psutil.Process]:
 
 def _signal_each(processes: list[psutil.Process], sig: int) -> None:
     for process in processes:
-        try:
+        with contextlib.suppress(psutil.Error):
             process.send_signal(sig)  # psutil checks the process is still the one we listed
-        except psutil.Error:
-            pass
 
 
 async def stop_tree(

@@ -6,6 +6,7 @@ previous file intact; read forgivingly, so a stale or corrupt file costs a warni
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
@@ -39,10 +40,8 @@ def write_atomically(path: Path, data: str) -> None:
         os.chmod(temp_name, 0o600)
         os.replace(temp_name, path)
     except BaseException:
-        try:
+        with contextlib.suppress(OSError):
             os.unlink(temp_name)
-        except OSError:
-            pass
         raise
 
 

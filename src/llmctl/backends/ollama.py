@@ -49,7 +49,9 @@ class OllamaBackend(Backend):
             request["keep_alive"] = -1  # a supervised model stays loaded; the user can say otherwise
         response = await http.post(spec.url + "/api/generate", json=request, timeout=spec.health.start_timeout)
         if response.status_code == 404:
-            raise NotReady(f"model {spec.model!r} is not in this Ollama's library; pull it with `ollama pull {spec.model}`")
+            raise NotReady(
+                f"model {spec.model!r} is not in this Ollama's library; pull it with `ollama pull {spec.model}`"
+            )
         if response.status_code != 200:
             raise NotReady(f"loading {spec.model!r} answered HTTP {response.status_code}: {response.text[:200]}")
 

@@ -33,12 +33,17 @@ app = typer.Typer(
 
 FileOption = Annotated[
     Optional[Path],
-    typer.Option("--file", "-f", help="Config file (default: $LLMCTL_CONFIG, then ./instances.yaml).", show_default=False),
+    typer.Option(
+        "--file", "-f", help="Config file (default: $LLMCTL_CONFIG, then ./instances.yaml).", show_default=False
+    ),
 ]
 LongFileOption = Annotated[
-    Optional[Path], typer.Option("--file", help="Config file (default: $LLMCTL_CONFIG, then ./instances.yaml).", show_default=False)
+    Optional[Path],
+    typer.Option("--file", help="Config file (default: $LLMCTL_CONFIG, then ./instances.yaml).", show_default=False),
 ]
-NamesArgument = Annotated[Optional[list[str]], typer.Argument(help="Instance names (default: all).", show_default=False)]
+NamesArgument = Annotated[
+    Optional[list[str]], typer.Argument(help="Instance names (default: all).", show_default=False)
+]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 
 
@@ -76,10 +81,12 @@ def up(
     file: FileOption = None,
     no_wait: Annotated[bool, typer.Option("--no-wait", help="Return once the starts are requested.")] = False,
     timeout: Annotated[
-        Optional[float], typer.Option("--timeout", help="Give up waiting after this many seconds.", min=0, show_default=False)
+        Optional[float],
+        typer.Option("--timeout", help="Give up waiting after this many seconds.", min=0, show_default=False),
     ] = None,
     foreground: Annotated[
-        bool, typer.Option("--foreground", help="Supervise in this terminal with a live table; Ctrl-C stops everything.")
+        bool,
+        typer.Option("--foreground", help="Supervise in this terminal with a live table; Ctrl-C stops everything."),
     ] = False,
     json_output: JsonOption = False,
 ) -> None:
@@ -98,14 +105,23 @@ def up(
 
 
 def _report_up(
-    paths: StatePaths, names: list[str], actions: dict[str, str], json_output: bool, *, wait: bool, timeout: float | None
+    paths: StatePaths,
+    names: list[str],
+    actions: dict[str, str],
+    json_output: bool,
+    *,
+    wait: bool,
+    timeout: float | None,
 ) -> int:
     progress = _UpProgress(names, actions, enabled=wait and not json_output)
     try:
         if wait:
             instances, timed_out = service.wait_until_settled(paths, names, timeout, progress.update)
         else:
-            instances, timed_out = service.select(service.client.request(paths, {"op": "status"})["instances"], names), False
+            instances, timed_out = (
+                service.select(service.client.request(paths, {"op": "status"})["instances"], names),
+                False,
+            )
     except KeyboardInterrupt:
         progress.close()
         _stderr("llmctl: interrupted; the instances keep starting under the supervisor (`llmctl down` stops them)")
@@ -195,7 +211,9 @@ def _run_foreground(paths: StatePaths, config: Config, names: list[str]) -> int:
     if client.is_running(paths):
         raise SupervisorError(f"a background supervisor already runs for {paths.root}; `llmctl down` it first")
     lock = acquire_supervisor_lock(paths)
-    logging.basicConfig(filename=paths.supervisor_log, level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        filename=paths.supervisor_log, level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     interrupted = False
 
     async def supervise(supervisor: Any) -> None:
@@ -221,7 +239,9 @@ def status(
     file: FileOption = None,
     json_output: JsonOption = False,
     watch: Annotated[bool, typer.Option("--watch", "-w", help="Refresh until Ctrl-C.")] = False,
-    interval: Annotated[float, typer.Option("--interval", help="Seconds between refreshes with --watch.", min=0.1)] = 1.0,
+    interval: Annotated[
+        float, typer.Option("--interval", help="Seconds between refreshes with --watch.", min=0.1)
+    ] = 1.0,
 ) -> None:
     """Show each instance: state, PID, URL, uptime, restarts, memory, CPU, health."""
     paths = StatePaths.default()

@@ -82,7 +82,9 @@ def write_plain_table(instances: list[dict[str, Any]], out: TextIO = sys.stdout)
     rows = [list(COLUMNS)] + [row(instance) for instance in instances]
     widths = [max(len(cells[i]) for cells in rows) for i in range(len(COLUMNS) - 1)]
     for cells in rows:
-        out.write("  ".join(cell.ljust(width) for cell, width in zip(cells, widths)) + "  " + cells[-1] + "\n")
+        out.write(
+            "  ".join(cell.ljust(width) for cell, width in zip(cells, widths, strict=False)) + "  " + cells[-1] + "\n"
+        )
 
 
 def rich_table(status: dict[str, Any]) -> Any:
@@ -97,7 +99,11 @@ def rich_table(status: dict[str, Any]) -> Any:
     )
     table = Table(caption=caption, caption_justify="left", header_style="bold")
     for column in COLUMNS:
-        table.add_column(column, no_wrap=column not in ("HEALTH", "MODEL"), justify="right" if column in ("PID", "RESTARTS", "MEMORY", "CPU", "UPTIME") else "left")
+        table.add_column(
+            column,
+            no_wrap=column not in ("HEALTH", "MODEL"),
+            justify="right" if column in ("PID", "RESTARTS", "MEMORY", "CPU", "UPTIME") else "left",
+        )
     for instance in status.get("instances", []):
         cells = row(instance)
         cells[3] = Text(cells[3], style=STATE_STYLES.get(instance["state"], ""))  # type: ignore[call-overload]
