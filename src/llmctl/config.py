@@ -20,11 +20,10 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import ConfigError
+from .paths import CONFIG_ENV, DEFAULT_CONFIG_NAME
 from .yamlsource import LineDict, YamlSyntaxError, line_of, load_yaml
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
-CONFIG_ENV = "LLMCTL_CONFIG"
-DEFAULT_CONFIG_NAME = "instances.yaml"
 _VARIABLE = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
@@ -247,16 +246,6 @@ def _scalar_to_str(value: Any) -> Any:
     if isinstance(value, (int, float)):
         return str(value)
     return value
-
-
-def find_config_path(explicit: str | os.PathLike[str] | None) -> Path:
-    """`-f/--file`, then $LLMCTL_CONFIG, then ./instances.yaml."""
-    if explicit:
-        return Path(explicit).expanduser().absolute()
-    from_env = os.environ.get(CONFIG_ENV)
-    if from_env:
-        return Path(from_env).expanduser().absolute()
-    return Path.cwd() / DEFAULT_CONFIG_NAME
 
 
 def load_config(path: Path) -> Config:

@@ -12,6 +12,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+CONFIG_ENV = "LLMCTL_CONFIG"
+DEFAULT_CONFIG_NAME = "instances.yaml"
 # sun_path is 108 bytes on Linux and 104 on macOS; leave room for the terminating NUL.
 _MAX_SOCKET_PATH = 100
 
@@ -72,3 +74,13 @@ class StatePaths:
         digest = hashlib.sha256(os.fsencode(self.root)).hexdigest()[:16]
         short_dir = Path(tempfile.gettempdir()) / f"llmctl-{os.getuid()}"
         return _make_private_dir(short_dir) / f"{digest}.sock"
+
+
+def find_config_path(explicit: str | os.PathLike[str] | None) -> Path:
+    """`-f/--file`, then $LLMCTL_CONFIG, then ./instances.yaml."""
+    if explicit:
+        return Path(explicit).expanduser().absolute()
+    from_env = os.environ.get(CONFIG_ENV)
+    if from_env:
+        return Path(from_env).expanduser().absolute()
+    return Path.cwd() / DEFAULT_CONFIG_NAME

@@ -5,12 +5,14 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import client, state
-from .config import Config, load_config
 from .errors import ConfigError
 from .paths import StatePaths
+
+if TYPE_CHECKING:
+    from .config import Config
 
 WAIT_POLL = 0.03
 # While waiting in `up`: an instance is settled when healthy, or failed, or retrying after a failed start.
@@ -51,6 +53,8 @@ def status(paths: StatePaths, config_path: Path, names: list[str]) -> dict[str, 
         client.ensure_supervisor(paths)
         answer = client.request(paths, {"op": "status"})
         return {"supervisor": answer["supervisor"], "instances": select(answer["instances"], names)}
+    from .config import load_config  # only here: the schema costs a few hundred ms to import
+
     config = load_config(config_path)
     specs = config.select(names)
     return {"supervisor": None, "instances": [instance_placeholder(spec) for spec in specs]}
@@ -66,12 +70,25 @@ def select(instances: list[dict[str, Any]], names: list[str]) -> list[dict[str, 
     return [by_name[name] for name in dict.fromkeys(names)]
 
 
-def up(paths: StatePaths, config: Config, names: list[str]) -> dict[str, str]:
-    """Ask the supervisor (started if needed) to start what is not running; returns its actions."""
-    config.select(names)  # unknown names fail here, before anything starts
-    client.ensure_supervisor(paths)
-    answer = client.request(paths, {"op": "up", "config": config.path, "names": names}, timeout=None)
+def up(paths: StatePaths, config_path: Path, names: list[str]) -> dict[str, str]:
+    """Ask the supervisor (started if needed) to start what is not running; returns its actions.
+
+    A running supervisor validates the config itself (same errors, exit 2); without one, it is
+    validated here first, so a broken file never leaves an idle supervisor behind.
+    """
+    if not client.is_running(paths):
+        _validated(config_path, names)
+        client.ensure_supervisor(paths)
+    answer = client.request(paths, {"op": "up", "config": str(config_path), "names": names}, timeout=None)
     return answer["actions"]
+
+
+def _validated(config_path: Path, names: list[str]) -> Config:
+    from .config import load_config
+
+    config = load_config(config_path)
+    config.select(names)  # unknown names fail here, before anything starts
+    return config
 
 
 def settle(instance: dict[str, Any]) -> str:
@@ -122,8 +139,9 @@ def _wait_for_supervisor_exit(paths: StatePaths, timeout: float = 10.0) -> None:
         time.sleep(0.02)
 
 
-def restart(paths: StatePaths, config: Config, names: list[str]) -> dict[str, str]:
-    config.select(names)
-    client.ensure_supervisor(paths)
-    request = {"op": "restart", "names": names, "config": config.path}
+def restart(paths: StatePaths, config_path: Path, names: list[str]) -> dict[str, str]:
+    if not client.is_running(paths):
+        _validated(config_path, names)
+        client.ensure_supervisor(paths)
+    request = {"op": "restart", "names": names, "config": str(config_path)}
     return client.request(paths, request, timeout=None)["actions"]

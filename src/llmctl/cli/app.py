@@ -8,15 +8,17 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 
 from .. import service
-from ..config import Config, find_config_path, load_config
 from ..errors import LlmctlError, SupervisorError
-from ..paths import StatePaths
+from ..paths import StatePaths, find_config_path
 from . import render
+
+if TYPE_CHECKING:
+    from ..config import Config
 
 EXIT_FAILED = 1
 EXIT_INTERRUPTED = 130
@@ -62,6 +64,8 @@ def _config_path(local: Path | None) -> Path:
 
 
 def _config(local: Path | None) -> Config:
+    from ..config import load_config  # the schema is slow to import: only commands that need it pay
+
     return load_config(_config_path(local))
 
 
@@ -92,12 +96,11 @@ def up(
 ) -> None:
     """Start the instances that are not running yet, and wait until they are healthy."""
     paths = StatePaths.default()
-    config = _config(file)
     wanted = list(names or [])
     if foreground:
-        raise typer.Exit(_run_foreground(paths, config, wanted))
-    actions = service.up(paths, config, wanted)
-    selected = wanted or config.names
+        raise typer.Exit(_run_foreground(paths, _config(file), wanted))
+    actions = service.up(paths, _config_path(file), wanted)
+    selected = wanted or list(actions)
     if no_wait:
         _report_up(paths, selected, actions, json_output, wait=False, timeout=None)
         return
@@ -322,8 +325,7 @@ def down(names: NamesArgument = None, file: FileOption = None, json_output: Json
 def restart(names: Annotated[list[str], typer.Argument(help="Instance names.")], file: FileOption = None) -> None:
     """Stop and start instances again (with their current config), and wait until healthy."""
     paths = StatePaths.default()
-    config = _config(file)
-    actions = service.restart(paths, config, names)
+    actions = service.restart(paths, _config_path(file), names)
     raise typer.Exit(_report_up(paths, names, actions, json_output=False, wait=True, timeout=None))
 
 

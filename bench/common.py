@@ -1,0 +1,37 @@
+"""Helpers shared by the benchmarks."""
+
+from __future__ import annotations
+
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+FAKE_SERVER = ROOT / "tests" / "standins" / "fake_server.py"
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def time_command(argv: list[str], runs: int, env: dict[str, str] | None = None) -> list[float]:
+    """Wall-clock seconds of each run; output discarded, exit code checked."""
+    timings = []
+    for _ in range(runs):
+        started = time.perf_counter()
+        subprocess.run(
+            argv, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, **(env or {})}
+        )
+        timings.append(time.perf_counter() - started)
+    return timings
+
+
+def summary(label: str, timings: list[float]) -> str:
+    return f"{label:<34} median {statistics.median(timings) * 1000:7.1f} ms   min {min(timings) * 1000:7.1f} ms   (n={len(timings)})"
