@@ -19,9 +19,9 @@ import httpx
 from common import BIN, ROOT, free_port
 
 sys.path.insert(0, str(ROOT / "scripts"))
-from make_demo_models import write_gguf  # noqa: E402
+from make_demo_models import write_gguf
 
-from llmctl.backends.llama_cpp import packaged_llama_server  # noqa: E402
+from llmctl.backends.llama_cpp import packaged_llama_server
 
 RUNS = 5
 
