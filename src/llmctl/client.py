@@ -79,7 +79,8 @@ def ensure_supervisor(paths: StatePaths) -> bool:
     if is_running(paths):
         return False
     paths.ensure()
-    with open(paths.spawn_lock, "a") as lock:
+    lock_fd = os.open(paths.spawn_lock, os.O_RDWR | os.O_CREAT, 0o600)
+    with os.fdopen(lock_fd, "r+") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if is_running(paths):
             return False

@@ -25,7 +25,7 @@ from .supervisor import Supervisor, run_control_server
 def acquire_supervisor_lock(paths: StatePaths) -> IO[str]:
     """Hold this state folder's supervisor lock, or raise if another supervisor has it."""
     paths.ensure()
-    lock = open(paths.supervisor_lock, "a")  # noqa: SIM115 - held until the process exits
+    lock = os.fdopen(os.open(paths.supervisor_lock, os.O_RDWR | os.O_CREAT, 0o600), "r+")
     try:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:

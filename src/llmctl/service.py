@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 from . import client, state
 from .errors import ConfigError
 from .paths import StatePaths
+from .redact import redact_env
 
 if TYPE_CHECKING:
     from .config import Config
@@ -39,6 +40,7 @@ def instance_placeholder(spec: Any) -> dict[str, Any]:
         "last_error": None,
         "next_restart_in_s": None,
         "log": None,
+        "env": redact_env(spec.env),
     }
 
 

@@ -57,7 +57,7 @@ def save_records(path: Path, config_path: str | None, records: list[InstanceReco
 def load_records(path: Path) -> tuple[str | None, list[InstanceRecord], str | None]:
     """(config path, records, warning). A missing file is no warning; a broken one is."""
     try:
-        raw = path.read_text(encoding="utf-8")
+        raw = path.read_bytes().decode("utf-8", errors="replace")
     except FileNotFoundError:
         return None, [], None
     except OSError as exc:

@@ -34,7 +34,7 @@ from .backends import NotReady, backend_for
 from .config import Config, InstanceSpec, load_config
 from .errors import ConfigError, LlmctlError, StartError
 from .ports import describe_busy_port, port_is_free
-from .redact import redact_argv
+from .redact import redact_argv, redact_env
 
 if TYPE_CHECKING:
     import httpx
@@ -269,6 +269,7 @@ class Supervisor:
                 else None
             ),
             "log": str(self.paths.log_file(spec.name)),
+            "env": redact_env(spec.env),
         }
 
     # -- one instance's lifecycle -------------------------------------------------------------
