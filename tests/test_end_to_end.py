@@ -40,7 +40,7 @@ instances:
     return ports
 
 
-def test_up_status_chat_logs_down_leave_nothing_behind(tmp_path, three_instances, gguf_model, mlx_model):
+def test_up_status_chat_logs_down_leave_nothing_behind(tmp_path, state_dir, three_instances, gguf_model, mlx_model):
     result = llmctl("up", cwd=tmp_path, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
 
@@ -77,6 +77,7 @@ def test_up_status_chat_logs_down_leave_nothing_behind(tmp_path, three_instances
     assert not [pid for pid in pids if psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE]
     assert processes_mentioning(str(gguf_model)) == []
     assert processes_mentioning(str(mlx_model)) == []
+    assert processes_mentioning(str(state_dir)) == []  # no log relay, no supervisor
     assert status_json(cwd=tmp_path)["supervisor"] is None
 
 

@@ -168,9 +168,17 @@ class DefaultsSpec(_Strict):
     stop_timeout: Seconds | None = None
 
 
+class LogSpec(_Strict):
+    """Each instance's log is rotated at `max_bytes`, keeping `backups` older files (NAME.log.1 ...)."""
+
+    max_bytes: Annotated[int, Field(ge=1024)] = 10 * 1024 * 1024
+    backups: Annotated[int, Field(ge=0, le=100)] = 3
+
+
 class Config(_Strict):
     instances: list[InstanceSpec]
     defaults: DefaultsSpec = DefaultsSpec()
+    logs: LogSpec = LogSpec()
     binaries: dict[str, str] = {}
     path: str = ""
 
@@ -396,10 +404,17 @@ def _model_for(location: tuple[Any, ...]) -> type[BaseModel] | None:
         field = model.model_fields.get(step)
         if field is None:
             return None
-        model = {"instances": InstanceSpec, "defaults": DefaultsSpec, "health": HealthSpec, "restart": RestartSpec}.get(
-            step
-        )
+        model = _SECTION_MODELS.get(step)
     return model
+
+
+_SECTION_MODELS: dict[str, type[BaseModel]] = {
+    "instances": InstanceSpec,
+    "defaults": DefaultsSpec,
+    "health": HealthSpec,
+    "restart": RestartSpec,
+    "logs": LogSpec,
+}
 
 
 def _describe(document: Any, location: tuple[Any, ...], message: str) -> str:

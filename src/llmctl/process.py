@@ -12,6 +12,7 @@ import errno
 import os
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -47,28 +48,91 @@ class ProcessHandle:
         return self.process() is not None
 
 
+def handle_of_child(pid: int) -> ProcessHandle:
+    """The handle of a child we just started; if it already died, one that matches nothing alive."""
+    try:
+        return ProcessHandle.of(pid)
+    except psutil.Error:
+        return ProcessHandle(pid, 0.0)
+
+
 def open_log(path: Path) -> int:
     """A file descriptor appending to `path`, created 0600. The child writes to it directly, so its
     output survives the supervisor; O_NOFOLLOW so a planted symlink cannot redirect it."""
     return os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
 
 
-def spawn(argv: list[str], *, env: dict[str, str], log_path: Path, cwd: str | None) -> subprocess.Popen[bytes]:
-    """Start `argv` in a new session (so a new process group), output appended to `log_path`."""
-    log_fd = open_log(log_path)
+@dataclass(frozen=True)
+class LogLimits:
+    max_bytes: int
+    backups: int
+
+
+def spawn(
+    argv: list[str], *, env: dict[str, str], log_path: Path, cwd: str | None, limits: LogLimits
+) -> tuple[subprocess.Popen[bytes], subprocess.Popen[bytes]]:
+    """Start `argv` in a new session (so a new process group), its output going through a log
+    relay (llmctl.logrelay, in a session of its own) that appends to `log_path` and rotates it.
+
+    Returns (server, relay).
+    """
+    os.close(open_log(log_path))  # an unusable log file fails this start, not silently later
+    read_end, write_end = os.pipe()
     try:
-        return subprocess.Popen(
-            argv,
-            stdin=subprocess.DEVNULL,
-            stdout=log_fd,
-            stderr=subprocess.STDOUT,
-            env=env,
-            cwd=cwd or None,
+        relay = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "llmctl.logrelay",
+                str(log_path),
+                "--max-bytes",
+                str(limits.max_bytes),
+                "--backups",
+                str(limits.backups),
+            ],
+            stdin=read_end,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
             start_new_session=True,
             close_fds=True,
         )
+        try:
+            server = subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=write_end,
+                stderr=subprocess.STDOUT,
+                env=env,
+                cwd=cwd or None,
+                start_new_session=True,
+                close_fds=True,
+            )
+        except BaseException:
+            relay.kill()
+            relay.wait()
+            raise
     finally:
-        os.close(log_fd)
+        os.close(read_end)
+        os.close(write_end)
+    return server, relay
+
+
+async def finish_relay(relay: ProcessHandle, popen: subprocess.Popen[bytes] | None, grace: float = 2.0) -> None:
+    """Let a log relay write what is left, then make sure it is gone (an escaped grandchild may
+    still hold the pipe open, and would keep it alive forever)."""
+
+    def gone() -> bool:
+        if popen is not None:
+            popen.poll()
+        return not relay.is_alive()
+
+    if await _wait_until(gone, grace, 0.02):
+        return
+    process = relay.process()
+    if process is not None:
+        with contextlib.suppress(psutil.Error):
+            process.kill()
+    await _wait_until(gone, _KILL_WAIT, 0.02)
 
 
 def describe_exit(returncode: int | None) -> str:

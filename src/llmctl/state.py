@@ -28,6 +28,8 @@ class InstanceRecord:
     started_at: float  # wall clock, for uptime across supervisors
     spec: dict[str, Any]  # the instance's config as it was started, so adoption needs no config file
     restarts: int = 0
+    relay_pid: int = 0  # the process writing the server's log (llmctl.logrelay), if any
+    relay_create_time: float = 0.0
 
 
 def write_atomically(path: Path, data: str) -> None:

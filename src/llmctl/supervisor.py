@@ -64,6 +64,8 @@ class Instance:
     state: str = "stopped"
     popen: subprocess.Popen[bytes] | None = None
     handle: process.ProcessHandle | None = None
+    relay_popen: subprocess.Popen[bytes] | None = None
+    relay: process.ProcessHandle | None = None
     pgid: int | None = None
     started_wall: float | None = None
     started_mono: float | None = None
@@ -85,6 +87,7 @@ class Instance:
 
     def clear_process(self) -> None:
         self.popen = self.handle = self.pgid = None
+        self.relay_popen = self.relay = None
         self.started_wall = self.started_mono = None
         self.memory_bytes = self.cpu_percent = None
         self.health = None
@@ -97,6 +100,7 @@ class Supervisor:
         self.instances: dict[str, Instance] = {}
         self.config_path: str | None = None
         self.binaries: dict[str, str] = {}
+        self.log_limits = process.LogLimits(max_bytes=10 * 1024 * 1024, backups=3)
         self.started_mono = time.monotonic()
         self.shutdown_requested = asyncio.Event()
         self._http: httpx.AsyncClient | None = None
@@ -140,6 +144,8 @@ class Supervisor:
                 log.info("%s: recorded pid %s is gone; not adopting", record.name, record.pid)
                 continue
             instance = Instance(spec=spec, handle=handle, pgid=record.pgid, restarts=record.restarts)
+            if record.relay_pid:
+                instance.relay = process.ProcessHandle(record.relay_pid, record.relay_create_time)
             instance.started_wall = record.started_at
             instance.started_mono = time.monotonic() - max(0.0, time.time() - record.started_at)
             instance.state = "starting"
@@ -169,6 +175,7 @@ class Supervisor:
         self._check_same_config(config)
         self.config_path = str(config.path)
         self.binaries = dict(config.binaries)
+        self.log_limits = process.LogLimits(config.logs.max_bytes, config.logs.backups)
         for spec in config.instances:
             known = self.instances.get(spec.name)
             if known is None:
@@ -361,17 +368,20 @@ class Supervisor:
         log_path = self.paths.log_file(spec.name)
         self._note(instance, "starting: " + " ".join(redact_argv(argv)))
         try:
-            popen = process.spawn(
-                argv, env=backend.environment(spec, self.environ), log_path=log_path, cwd=spec.workdir
+            popen, relay = process.spawn(
+                argv,
+                env=backend.environment(spec, self.environ),
+                log_path=log_path,
+                cwd=spec.workdir,
+                limits=self.log_limits,
             )
         except OSError as exc:
             raise StartFailure(f"cannot start {argv[0]}: {exc.strerror or exc}", retry=False) from None
         instance.popen = popen
+        instance.relay_popen = relay
+        instance.relay = process.ProcessHandle.of(relay.pid) if relay.poll() is None else None
         instance.pgid = popen.pid  # a new session: its own process group, led by the server
-        try:
-            instance.handle = process.ProcessHandle.of(popen.pid)
-        except Exception:
-            instance.handle = process.ProcessHandle(popen.pid, 0.0)
+        instance.handle = process.handle_of_child(popen.pid)
         instance.started_wall, instance.started_mono = time.time(), time.monotonic()
         instance.recent_starts.append(instance.started_mono)
         self._save()
@@ -456,6 +466,11 @@ class Supervisor:
         )
         if not done:
             self._note(instance, "some processes survived SIGKILL")
+        await self._finish_relay(instance)
+
+    async def _finish_relay(self, instance: Instance) -> None:
+        if instance.relay is not None:
+            await process.finish_relay(instance.relay, instance.relay_popen)
 
     async def _kill_leftovers(self, instance: Instance) -> None:
         """After the leader died or failed to start: nothing of its group may keep a port or memory."""
@@ -463,6 +478,7 @@ class Supervisor:
             if instance.handle is not None and instance.handle.is_alive():
                 await self._terminate(instance)
             process.kill_group_leftovers(instance.pgid)
+        await self._finish_relay(instance)
         if instance.popen is not None:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 instance.popen.wait(timeout=0)
@@ -495,6 +511,8 @@ class Supervisor:
                 started_at=instance.started_wall or time.time(),
                 spec=instance.spec.model_dump(),
                 restarts=instance.restarts,
+                relay_pid=instance.relay.pid if instance.relay else 0,
+                relay_create_time=instance.relay.create_time if instance.relay else 0.0,
             )
             for instance in self.instances.values()
             if instance.handle is not None

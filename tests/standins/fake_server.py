@@ -10,7 +10,7 @@ misbehaves on request:
     --ignore-term          ignore SIGTERM (only SIGKILL stops it)
     --children N           fork N children that sleep in the same process group
     --escaping-child       fork a grandchild that calls setsid and keeps stdout open
-    --flood                print numbered lines to stdout as fast as it can
+    --flood N              print numbered lines to stdout, N per second
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ def main() -> int:
     parser.add_argument("--ignore-term", action="store_true")
     parser.add_argument("--children", type=int, default=0)
     parser.add_argument("--escaping-child", action="store_true")
-    parser.add_argument("--flood", action="store_true")
+    parser.add_argument("--flood", type=float, default=0.0, help="numbered lines per second")
     args = parser.parse_args()
 
     print(f"fake server pid {os.getpid()} starting", flush=True)
@@ -52,7 +52,7 @@ def main() -> int:
             stderr=sys.stderr,
         )
     if args.flood:
-        threading.Thread(target=_flood, daemon=True).start()
+        threading.Thread(target=_flood, args=(args.flood,), daemon=True).start()
 
     ready_at = time.monotonic() + args.load_seconds
 
@@ -75,11 +75,16 @@ def main() -> int:
     return 0
 
 
-def _flood() -> None:
+def _flood(per_second: float) -> None:
     number = 0
+    started = time.monotonic()
     while True:
-        number += 1
-        sys.stdout.write(f"line {number}\n")
+        due = int((time.monotonic() - started) * per_second)
+        while number < due:
+            number += 1
+            sys.stdout.write(f"line {number}\n")
+        sys.stdout.flush()
+        time.sleep(0.005)
 
 
 if __name__ == "__main__":
