@@ -77,7 +77,8 @@ def test_up_status_chat_logs_down_leave_nothing_behind(tmp_path, state_dir, thre
     assert not [pid for pid in pids if psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE]
     assert processes_mentioning(str(gguf_model)) == []
     assert processes_mentioning(str(mlx_model)) == []
-    assert processes_mentioning(str(state_dir)) == []  # no log relay, no supervisor
+    leftovers = [process.cmdline() for process in processes_mentioning(str(state_dir))]
+    assert leftovers == []  # no log relay, no supervisor
     assert status_json(cwd=tmp_path)["supervisor"] is None
 
 

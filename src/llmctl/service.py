@@ -129,15 +129,24 @@ def down(paths: StatePaths, names: list[str]) -> list[str]:
         if not has_adoptable_records(paths):
             return []
         client.ensure_supervisor(paths)  # adopts what a killed supervisor left, so it can be stopped
+    supervisor_pid = client.request(paths, {"op": "ping"})["pid"]
     answer = client.request(paths, {"op": "down", "names": names}, timeout=None)
     if not names:
-        _wait_for_supervisor_exit(paths)
+        _wait_for_exit(supervisor_pid)
     return answer["stopped"]
 
 
-def _wait_for_supervisor_exit(paths: StatePaths, timeout: float = 10.0) -> None:
+def _wait_for_exit(pid: int, timeout: float = 10.0) -> None:
+    """`down` returns when the supervisor has exited, so a script may start another at once."""
+    import psutil
+
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and paths.socket.exists():
+    while time.monotonic() < deadline:
+        try:
+            if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
+                return
+        except psutil.NoSuchProcess:
+            return
         time.sleep(0.02)
 
 
