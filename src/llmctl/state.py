@@ -56,6 +56,13 @@ def save_records(path: Path, config_path: str | None, records: list[InstanceReco
     write_atomically(path, json.dumps(payload, indent=1))
 
 
+def remove_stale_temps(path: Path) -> None:
+    """Temp files of writes that a kill -9 interrupted: the real file never depended on them."""
+    for temp in path.parent.glob(f".{path.name}.*.tmp"):
+        with contextlib.suppress(OSError):
+            temp.unlink()
+
+
 def load_records(path: Path) -> tuple[str | None, list[InstanceRecord], str | None]:
     """(config path, records, warning). A missing file is no warning; a broken one is."""
     try:

@@ -129,6 +129,7 @@ class Supervisor:
 
     async def _adopt_recorded(self) -> None:
         """Take over servers a previous supervisor started, if they still run (PID and create time)."""
+        state.remove_stale_temps(self.paths.state_file)
         config_path, records, warning = state.load_records(self.paths.state_file)
         if warning:
             log.warning(warning)
