@@ -56,11 +56,14 @@ def vocabulary() -> tuple[list[str], list[str]]:
     return tokens, [f"{left} {right}" for left, right in MERGES]
 
 
-def write_gguf(path: Path, *, embedding_length: int = SHAPE["hidden"], pad_vocab_to: int = 0) -> Path:
+def write_gguf(
+    path: Path, *, embedding_length: int = SHAPE["hidden"], feed_forward_length: int = SHAPE["ffn"], pad_vocab_to: int = 0
+) -> Path:
     """A llama GGUF of random f32 weights.
 
-    `pad_vocab_to` adds unused tokens so the embedding table (and the file) grows: the memory
-    tests map a file of a few hundred MB from several servers at once.
+    Larger `embedding_length` and `feed_forward_length` grow the file: the memory tests map one
+    of a few hundred MB from several servers at once (1536 and 6144 give about 290 MB).
+    `pad_vocab_to` adds unused tokens.
     """
     import gguf
     import numpy as np
@@ -70,7 +73,7 @@ def write_gguf(path: Path, *, embedding_length: int = SHAPE["hidden"], pad_vocab
     for index in range(len(tokens), pad_vocab_to):
         tokens.append(f"<|unused{index}|>")
         types.append(gguf.TokenType.UNUSED)
-    hidden, ffn = embedding_length, SHAPE["ffn"]
+    hidden, ffn = embedding_length, feed_forward_length
     head_dim = hidden // SHAPE["heads"]
     kv_width = head_dim * SHAPE["kv_heads"]
 

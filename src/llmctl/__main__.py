@@ -41,7 +41,8 @@ def _fast_status(argv: list[str]) -> int | None:
         instances = [by_name[name] for name in dict.fromkeys(names)]
     from .cli.render import write_status
 
-    write_status({"supervisor": answer["supervisor"], "instances": instances}, as_json=as_json)
+    status = {"supervisor": answer["supervisor"], "system": answer.get("system"), "instances": instances}
+    write_status(status, as_json=as_json)
     return 0
 
 

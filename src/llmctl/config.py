@@ -88,6 +88,9 @@ class InstanceSpec(_Strict):
     health: HealthSpec = HealthSpec()
     restart: RestartSpec = RestartSpec()
     stop_timeout: Seconds = 10.0
+    # Above this (bytes, "8GiB", "25%"): a warning at once, a restart per policy once it lasts memory_grace seconds.
+    max_memory: int | None = None
+    memory_grace: Seconds = 30.0
     # Filled in by the loader, not by users: the folder relative paths resolve against.
     workdir: str = ""
 
@@ -109,6 +112,11 @@ class InstanceSpec(_Strict):
         if value not in backend_names():
             raise ValueError(f"unknown backend {value!r} (valid: {', '.join(backend_names())})")
         return value
+
+    @field_validator("max_memory", mode="before")
+    @classmethod
+    def _memory_size(cls, value: Any) -> Any:
+        return None if value is None else _size(value)
 
     @field_validator("args", mode="before")
     @classmethod
@@ -166,6 +174,7 @@ class DefaultsSpec(_Strict):
     health: dict[str, Any] | None = None
     restart: dict[str, Any] | None = None
     stop_timeout: Seconds | None = None
+    max_memory: Any = None
 
 
 class LogSpec(_Strict):
@@ -179,8 +188,15 @@ class Config(_Strict):
     instances: list[InstanceSpec]
     defaults: DefaultsSpec = DefaultsSpec()
     logs: LogSpec = LogSpec()
+    # What all instances together may take (bytes, "48GiB", "80%"); None: the platform default.
+    memory_budget: int | None = None
     binaries: dict[str, str] = {}
     path: str = ""
+
+    @field_validator("memory_budget", mode="before")
+    @classmethod
+    def _budget_size(cls, value: Any) -> Any:
+        return None if value is None else _size(value)
 
     @field_validator("binaries")
     @classmethod
@@ -245,6 +261,14 @@ def connect_host(host: str) -> str:
     if ":" in host and not host.startswith("["):
         return f"[{host}]"
     return host
+
+
+def _size(value: Any) -> int:
+    from .memory import parse_size
+
+    if not isinstance(value, (str, int, float)):
+        raise ValueError("must be a size like 24GiB, 512MB, a number of bytes, or a percentage like 80%")
+    return parse_size(value)
 
 
 def _scalar_to_str(value: Any) -> Any:

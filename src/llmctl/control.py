@@ -1,7 +1,7 @@
 """The control API: one JSON request per connection on a Unix socket only this user can open.
 
     -> {"op": "status"}                              <- {"ok": true, ...}
-    -> {"op": "up", "config": PATH, "names": [...]}  <- {"ok": true, "actions": {...}}
+    -> {"op": "up", "config": PATH, "names": [...], "force": false}  <- {"ok": true, "actions": {...}}
     -> {"op": "down", "names": [...]}                 (no names: everything, then the supervisor exits)
     -> {"op": "restart", "names": [...]}
     -> {"op": "ping"}
@@ -88,7 +88,7 @@ async def _dispatch(supervisor: Supervisor, request: dict[str, Any]) -> dict[str
         config = request.get("config")
         if not isinstance(config, str):
             raise ConfigError("up needs the config file's path")
-        return {"ok": True, **await supervisor.up(config, names)}
+        return {"ok": True, **await supervisor.up(config, names, force=bool(request.get("force")))}
     if op == "down":
         return {"ok": True, **await supervisor.stop(names)}
     if op == "restart":

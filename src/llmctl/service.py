@@ -20,7 +20,9 @@ WAIT_POLL = 0.03
 OK, FAILED, PENDING = "ok", "failed", "pending"
 
 
-def instance_placeholder(spec: Any) -> dict[str, Any]:
+def instance_placeholder(spec: Any, estimate: int | None) -> dict[str, Any]:
+    from .memory import memory_fields
+
     return {
         "name": spec.name,
         "backend": spec.backend,
@@ -32,8 +34,7 @@ def instance_placeholder(spec: Any) -> dict[str, Any]:
         "url": spec.url,
         "restarts": 0,
         "uptime_s": None,
-        "memory_bytes": None,
-        "cpu_percent": None,
+        **memory_fields(None, estimate),
         "health": None,
         "start_failures": 0,
         "last_exit": None,
@@ -54,12 +55,19 @@ def status(paths: StatePaths, config_path: Path, names: list[str]) -> dict[str, 
     if client.is_running(paths) or has_adoptable_records(paths):
         client.ensure_supervisor(paths)
         answer = client.request(paths, {"op": "status"})
-        return {"supervisor": answer["supervisor"], "instances": select(answer["instances"], names)}
+        return {
+            "supervisor": answer["supervisor"],
+            "system": answer.get("system"),
+            "instances": select(answer["instances"], names),
+        }
+    from .backends import backend_for
     from .config import load_config  # only here: the schema costs a few hundred ms to import
+    from .memory import system_summary
 
     config = load_config(config_path)
     specs = config.select(names)
-    return {"supervisor": None, "instances": [instance_placeholder(spec) for spec in specs]}
+    instances = [instance_placeholder(spec, backend_for(spec.backend).estimate_memory(spec)) for spec in specs]
+    return {"supervisor": None, "system": system_summary(instances, config.memory_budget), "instances": instances}
 
 
 def select(instances: list[dict[str, Any]], names: list[str]) -> list[dict[str, Any]]:
@@ -72,7 +80,7 @@ def select(instances: list[dict[str, Any]], names: list[str]) -> list[dict[str, 
     return [by_name[name] for name in dict.fromkeys(names)]
 
 
-def up(paths: StatePaths, config_path: Path, names: list[str]) -> dict[str, str]:
+def up(paths: StatePaths, config_path: Path, names: list[str], force: bool = False) -> dict[str, str]:
     """Ask the supervisor (started if needed) to start what is not running; returns its actions.
 
     A running supervisor validates the config itself (same errors, exit 2); without one, it is
@@ -81,7 +89,8 @@ def up(paths: StatePaths, config_path: Path, names: list[str]) -> dict[str, str]
     if not client.is_running(paths):
         _validated(config_path, names)
         client.ensure_supervisor(paths)
-    answer = client.request(paths, {"op": "up", "config": str(config_path), "names": names}, timeout=None)
+    request = {"op": "up", "config": str(config_path), "names": names, "force": force}
+    answer = client.request(paths, request, timeout=None)
     return answer["actions"]
 
 

@@ -31,8 +31,10 @@ from typing import TYPE_CHECKING, Any
 
 from . import process, state
 from .backends import NotReady, backend_for
+from .budget import Candidate, check_budget, format_bytes
 from .config import Config, InstanceSpec, load_config
 from .errors import ConfigError, LlmctlError, StartError
+from .memory import IS_MACOS, GpuMemory, TreeMemory, default_budget, memory_fields, sample_tree, system_summary
 from .ports import describe_busy_port, port_is_free
 from .redact import redact_argv, redact_env
 
@@ -46,6 +48,7 @@ log = logging.getLogger("llmctl.supervisor")
 STATES = ("starting", "healthy", "unhealthy", "backoff", "failed", "stopped")
 _RUNNING = ("starting", "healthy", "unhealthy")
 SAMPLE_INTERVAL = 2.0
+MEMORY_GRACE = 10.0
 
 
 class StartFailure(Exception):
@@ -78,8 +81,10 @@ class Instance:
     health: str | None = None
     next_start_at: float | None = None
     task: asyncio.Task[None] | None = None
-    memory_bytes: int | None = None
-    cpu_percent: float | None = None
+    memory: TreeMemory | None = None
+    estimate: int | None = None
+    over_memory_since: float | None = None
+    kill_reason: str | None = None
 
     @property
     def name(self) -> str:
@@ -89,7 +94,8 @@ class Instance:
         self.popen = self.handle = self.pgid = None
         self.relay_popen = self.relay = None
         self.started_wall = self.started_mono = None
-        self.memory_bytes = self.cpu_percent = None
+        self.memory = None
+        self.over_memory_since = None
         self.health = None
 
 
@@ -105,6 +111,8 @@ class Supervisor:
         self.shutdown_requested = asyncio.Event()
         self._http: httpx.AsyncClient | None = None
         self._samplers: dict[int, Any] = {}
+        self._gpu = GpuMemory()
+        self.memory_budget: int | None = None
 
     # -- life of the supervisor itself -------------------------------------------------------
 
@@ -177,17 +185,44 @@ class Supervisor:
         self.config_path = str(config.path)
         self.binaries = dict(config.binaries)
         self.log_limits = process.LogLimits(config.logs.max_bytes, config.logs.backups)
+        self.memory_budget = config.memory_budget
         for spec in config.instances:
             known = self.instances.get(spec.name)
             if known is None:
-                self.instances[spec.name] = Instance(spec=spec)
+                self.instances[spec.name] = known = Instance(spec=spec)
             elif known.state not in _RUNNING and known.task is None:
                 known.spec = spec
+            if known.spec == spec and known.state not in _RUNNING:
+                known.estimate = backend_for(spec.backend).estimate_memory(spec)
         return config
 
-    async def up(self, config_path: str, names: list[str]) -> dict[str, Any]:
+    def _check_budget(self, specs: list[InstanceSpec]) -> None:
+        starting = {spec.name for spec in specs}
+        in_use = sum(
+            instance.memory.value
+            for instance in self.instances.values()
+            if instance.memory and instance.state in _RUNNING and instance.name not in starting
+        )
+        budget = self.memory_budget
+        source = f"memory_budget in {self.config_path}"
+        if budget is None:
+            budget, source = (
+                default_budget(),
+                "the default: " + ("the GPU wired limit" if IS_MACOS else "90% of memory"),
+            )
+        candidates = [Candidate(spec.name, backend_for(spec.backend).estimate_memory(spec)) for spec in specs]
+        check_budget(candidates, in_use, budget, source)
+
+    async def up(self, config_path: str, names: list[str], force: bool = False) -> dict[str, Any]:
         config = self._load(config_path)
         selected = config.select(names)
+        to_start = [
+            spec
+            for spec in selected
+            if self.instances[spec.name].state not in _RUNNING or self.instances[spec.name].spec != spec
+        ]
+        if not force:
+            self._check_budget(to_start)  # before anything starts: all or nothing
         actions: dict[str, str] = {}
         for spec in selected:
             instance = self.instances[spec.name]
@@ -231,14 +266,17 @@ class Supervisor:
         return {"actions": {instance.name: "restarting" for instance in targets}}
 
     def status(self) -> dict[str, Any]:
+        instances = [self._describe(instance) for instance in self.instances.values()]
         return {
             "supervisor": {
                 "pid": os.getpid(),
                 "uptime_s": round(time.monotonic() - self.started_mono, 3),
                 "config": self.config_path,
                 "state_dir": str(self.paths.root),
+                "memory_rss_bytes": _own_rss(),
             },
-            "instances": [self._describe(instance) for instance in self.instances.values()],
+            "system": system_summary(instances, self.memory_budget),
+            "instances": instances,
         }
 
     def _select(self, names: list[str]) -> list[Instance]:
@@ -265,8 +303,7 @@ class Supervisor:
             "url": spec.url,
             "restarts": instance.restarts,
             "uptime_s": round(now - instance.started_mono, 3) if running and instance.started_mono else None,
-            "memory_bytes": instance.memory_bytes if running else None,
-            "cpu_percent": instance.cpu_percent if running else None,
+            **memory_fields(instance.memory if running else None, instance.estimate),
             "health": instance.health,
             "start_failures": instance.start_failures,
             "last_exit": instance.last_exit,
@@ -418,6 +455,9 @@ class Supervisor:
                 except NotReady as exc:
                     raise StartFailure(str(exc), retry=True) from None
                 self._mark_healthy(instance, f"healthy after {time.monotonic() - (instance.started_mono or 0):.2f}s")
+                with contextlib.suppress(Exception):
+                    reported = await backend.reported_memory(spec, self.http)
+                    instance.estimate = reported or instance.estimate
                 return
             raise StartFailure(f"not healthy within start_timeout ({spec.health.start_timeout:g}s)", retry=True)
         finally:
@@ -437,6 +477,9 @@ class Supervisor:
                 if exited in done:
                     code = exited.result()
                     await self._kill_leftovers(instance)
+                    if instance.kill_reason:
+                        reason, instance.kill_reason = instance.kill_reason, None
+                        return reason, True
                     return f"the server {process.describe_exit(code)}", code != 0
                 probe = asyncio.ensure_future(backend.is_healthy(spec, self.http))
                 done, _ = await asyncio.wait({exited, probe}, return_when=asyncio.FIRST_COMPLETED)
@@ -541,17 +584,37 @@ class Supervisor:
 
     async def _sample_forever(self) -> None:
         """Memory and CPU of each process tree, every few seconds, so `status` costs nothing."""
-        from .memory import sample_tree
-
         while True:
-            for instance in list(self.instances.values()):
-                if instance.handle is None or instance.state not in _RUNNING:
-                    continue
+            running = [i for i in self.instances.values() if i.handle is not None and i.state in _RUNNING]
+            gpu = self._gpu.by_pid() if running else None
+            for instance in running:
                 try:
-                    instance.memory_bytes, instance.cpu_percent = sample_tree(instance.handle, self._samplers)
-                except Exception as exc:
+                    instance.memory = sample_tree(instance.handle, self._samplers, gpu)  # type: ignore[arg-type]
+                except Exception as exc:  # a sampling error must never hurt supervision
                     log.debug("sampling %s failed: %s", instance.name, exc)
+                    continue
+                await self._enforce_max_memory(instance)
             await asyncio.sleep(SAMPLE_INTERVAL)
+
+    async def _enforce_max_memory(self, instance: Instance) -> None:
+        """Over max_memory: warn at once; still over after MEMORY_GRACE seconds: restart per policy."""
+        limit = instance.spec.max_memory
+        if limit is None or instance.memory is None or instance.state != "healthy":
+            return
+        figure = instance.memory.value
+        if figure <= limit:
+            instance.over_memory_since = None
+            return
+        now = time.monotonic()
+        if instance.over_memory_since is None:
+            instance.over_memory_since = now
+            self._note(instance, f"warning: memory {format_bytes(figure)} is over max_memory {format_bytes(limit)}")
+        elif now - instance.over_memory_since >= MEMORY_GRACE:
+            instance.kill_reason = (
+                f"memory: {format_bytes(figure)} over max_memory {format_bytes(limit)} for {MEMORY_GRACE:g}s"
+            )
+            self._note(instance, instance.kill_reason + "; stopping it")
+            await self._terminate(instance)
 
 
 async def run_control_server(supervisor: Supervisor) -> None:
@@ -559,6 +622,12 @@ async def run_control_server(supervisor: Supervisor) -> None:
     from .control import serve
 
     await serve(supervisor)
+
+
+def _own_rss() -> int:
+    import psutil
+
+    return int(psutil.Process().memory_info().rss)
 
 
 def as_error(exc: BaseException) -> dict[str, Any]:

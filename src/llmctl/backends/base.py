@@ -63,6 +63,14 @@ class Backend(ABC):
         env.update(spec.env)
         return env
 
+    def estimate_memory(self, spec: InstanceSpec) -> int | None:
+        """Bytes this instance will take once loaded, or None when it cannot be known before it runs."""
+        return None
+
+    async def reported_memory(self, spec: InstanceSpec, http: httpx.AsyncClient) -> int | None:
+        """What the running server itself says its model takes, where it says so."""
+        return None
+
     @abstractmethod
     async def wait_ready(self, spec: InstanceSpec, http: httpx.AsyncClient) -> None:
         """Return once the server can answer a request for its model; raise NotReady if it never will.
@@ -109,3 +117,14 @@ async def poll_until_ok(http: httpx.AsyncClient, url: str, timeout: float, accep
 def resolve_model_path(spec: InstanceSpec, model: str) -> Path:
     path = Path(model).expanduser()
     return path if path.is_absolute() else Path(spec.workdir) / path
+
+
+def option_value(args: list[str], names: tuple[str, ...]) -> str | None:
+    """The value given to any of `names` in an argv (`-c 4096` or `--ctx-size=4096`); the last wins."""
+    found = None
+    for index, arg in enumerate(args):
+        if arg in names and index + 1 < len(args):
+            found = args[index + 1]
+        elif "=" in arg and arg.split("=", 1)[0] in names:
+            found = arg.split("=", 1)[1]
+    return found

@@ -7,7 +7,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..errors import BinaryNotFound
-from .base import Backend, poll_until_ok, resolve_model_path, resolve_program
+from ..ggufinfo import GgufError, read_gguf
+from .base import Backend, option_value, poll_until_ok, resolve_model_path, resolve_program
 
 if TYPE_CHECKING:
     import httpx
@@ -15,6 +16,13 @@ if TYPE_CHECKING:
     from ..config import InstanceSpec
 
 GGUF_MAGIC = b"GGUF"
+# What a llama-server process takes besides weights, KV cache and compute buffers (binary, libraries,
+# heap), measured on Linux with a tiny model: about 21 MiB.
+PROCESS_BASE_BYTES = 24 * 1024 * 1024
+DEFAULT_UBATCH = 512
+# Bytes per cached element for llama.cpp's KV cache types (block size / block bytes for quantised ones).
+CACHE_TYPE_BYTES = {"f32": 4.0, "f16": 2.0, "bf16": 2.0, "q8_0": 34 / 32, "q5_1": 24 / 32, "q5_0": 22 / 32,
+                    "q4_1": 20 / 32, "q4_0": 18 / 32, "iq4_nl": 18 / 32}  # fmt: skip
 
 
 class LlamaCppBackend(Backend):
@@ -57,8 +65,46 @@ class LlamaCppBackend(Backend):
     def liveness_url(self, spec: InstanceSpec) -> str:
         return spec.health_url("/health")
 
+    def estimate_memory(self, spec: InstanceSpec) -> int | None:
+        """Tensor data + KV cache for the context size + compute buffers + the process itself."""
+        try:
+            info = read_gguf(resolve_model_path(spec, spec.model or ""))
+        except (OSError, GgufError):
+            return None
+        n_layer = int(info.arch_value("block_count", 0))
+        n_embd = int(info.arch_value("embedding_length", 0))
+        n_head = _per_layer_max(info.arch_value("attention.head_count", 1)) or 1
+        n_head_kv = _per_layer_max(info.arch_value("attention.head_count_kv", n_head)) or n_head
+        head_k = int(info.arch_value("attention.key_length", n_embd // n_head))
+        head_v = int(info.arch_value("attention.value_length", n_embd // n_head))
+        context = _int_or_none(option_value(spec.args, ("-c", "--ctx-size")) or spec.env.get("LLAMA_ARG_CTX_SIZE"))
+        if not context:  # 0 or unset: the model's trained context
+            context = int(info.arch_value("context_length", 4096))
+        k_bytes = CACHE_TYPE_BYTES.get(option_value(spec.args, ("-ctk", "--cache-type-k")) or "f16", 2.0)
+        v_bytes = CACHE_TYPE_BYTES.get(option_value(spec.args, ("-ctv", "--cache-type-v")) or "f16", 2.0)
+        kv_cache = n_layer * context * n_head_kv * (head_k * k_bytes + head_v * v_bytes)
+        vocab = info.metadata.get("tokenizer.ggml.tokens") or info.arch_value("vocab_size", 0)
+        vocab = len(vocab) if isinstance(vocab, list) else int(vocab)
+        ubatch = _int_or_none(option_value(spec.args, ("-ub", "--ubatch-size"))) or DEFAULT_UBATCH
+        compute = 4 * ubatch * (vocab + 4 * n_embd)  # logits and activations of one micro-batch, f32
+        return int(info.tensor_bytes + kv_cache + compute + PROCESS_BASE_BYTES)
+
     async def wait_ready(self, spec: InstanceSpec, http: httpx.AsyncClient) -> None:
         await poll_until_ok(http, self.liveness_url(spec), spec.health.timeout)
+
+
+def _int_or_none(value: str | None) -> int | None:
+    try:
+        return int(value) if value is not None else None
+    except ValueError:
+        return None
+
+
+def _per_layer_max(value: object) -> int:
+    """Some models give head counts per layer (a list); the cache is sized by the largest."""
+    if isinstance(value, list):
+        return int(max(value, default=0))
+    return int(value)  # type: ignore[call-overload]
 
 
 def packaged_llama_server() -> str | None:

@@ -9,6 +9,8 @@ one-token completion, while /health turning 503 (generation thread died) means i
 from __future__ import annotations
 
 import asyncio
+import json
+import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -21,6 +23,10 @@ if TYPE_CHECKING:
     from ..config import InstanceSpec
 
 _LOCAL_PREFIXES = ("/", "./", "../", "~")
+# Python, MLX and the tokenizer stack before any weights: about 90 MiB measured on Linux.
+PROCESS_BASE_BYTES = 100 * 1024 * 1024
+# mlx_lm.server has no context flag; size the KV cache for a typical long chat.
+ESTIMATE_CONTEXT = 4096
 
 
 class MlxBackend(Backend):
@@ -54,6 +60,34 @@ class MlxBackend(Backend):
         local = resolve_model_path(spec, model)
         target = str(local) if local.exists() else model
         return [*program, "--model", target, "--host", spec.host, "--port", str(spec.port), *spec.args]
+
+    def estimate_memory(self, spec: InstanceSpec) -> int | None:
+        """Weights (the safetensors files) + an fp16 KV cache of ESTIMATE_CONTEXT tokens + the process."""
+        folder = self._local_folder(spec)
+        if folder is None:
+            return None
+        try:
+            config = json.loads((folder / "config.json").read_text())
+            weights = sum(path.stat().st_size for path in folder.glob("*.safetensors"))
+        except (OSError, ValueError):
+            return None
+        config = config.get("text_config", config)
+        layers = int(config.get("num_hidden_layers", 0))
+        heads = int(config.get("num_attention_heads", 1)) or 1
+        kv_heads = int(config.get("num_key_value_heads") or heads)
+        head_dim = int(config.get("head_dim") or int(config.get("hidden_size", 0)) // heads)
+        kv_cache = 2 * layers * ESTIMATE_CONTEXT * kv_heads * head_dim * 2
+        return weights + kv_cache + PROCESS_BASE_BYTES
+
+    def _local_folder(self, spec: InstanceSpec) -> Path | None:
+        """The model's folder: a local path, or a hub id's snapshot in the Hugging Face cache."""
+        model = spec.model or ""
+        local = resolve_model_path(spec, model)
+        if local.is_dir():
+            return local
+        hub = Path(spec.env.get("HF_HOME") or os.environ.get("HF_HOME") or Path.home() / ".cache" / "huggingface")
+        snapshots = sorted((hub / "hub" / f"models--{model.replace('/', '--')}" / "snapshots").glob("*/config.json"))
+        return snapshots[-1].parent if snapshots else None
 
     def liveness_url(self, spec: InstanceSpec) -> str:
         return spec.health_url("/health")

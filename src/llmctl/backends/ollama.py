@@ -55,6 +55,15 @@ class OllamaBackend(Backend):
         if response.status_code != 200:
             raise NotReady(f"loading {spec.model!r} answered HTTP {response.status_code}: {response.text[:200]}")
 
+    async def reported_memory(self, spec: InstanceSpec, http: httpx.AsyncClient) -> int | None:
+        """The `size` /api/ps reports for this instance's model (the runner's own estimate)."""
+        response = await http.get(spec.url + "/api/ps", timeout=spec.health.timeout)
+        wanted = {spec.model, f"{spec.model}:latest"}
+        for entry in response.json().get("models", []):
+            if entry.get("name") in wanted or entry.get("model") in wanted:
+                return int(entry.get("size") or 0) or None
+        return None
+
     async def loaded_models(self, spec: InstanceSpec, http: httpx.AsyncClient) -> set[str]:
         response = await http.get(spec.url + "/api/ps", timeout=spec.health.timeout)
         names: set[str] = set()

@@ -92,14 +92,17 @@ def up(
         bool,
         typer.Option("--foreground", help="Supervise in this terminal with a live table; Ctrl-C stops everything."),
     ] = False,
+    force: Annotated[
+        bool, typer.Option("--force", help="Start even if the memory budget says it will not fit.")
+    ] = False,
     json_output: JsonOption = False,
 ) -> None:
     """Start the instances that are not running yet, and wait until they are healthy."""
     paths = StatePaths.default()
     wanted = list(names or [])
     if foreground:
-        raise typer.Exit(_run_foreground(paths, _config(file), wanted))
-    actions = service.up(paths, _config_path(file), wanted)
+        raise typer.Exit(_run_foreground(paths, _config(file), wanted, force))
+    actions = service.up(paths, _config_path(file), wanted, force)
     selected = wanted or list(actions)
     if no_wait:
         _report_up(paths, selected, actions, json_output, wait=False, timeout=None)
@@ -204,7 +207,7 @@ class _UpProgress:
             self.live = None
 
 
-def _run_foreground(paths: StatePaths, config: Config, names: list[str]) -> int:
+def _run_foreground(paths: StatePaths, config: Config, names: list[str], force: bool) -> int:
     import asyncio
     import logging
 
@@ -222,7 +225,7 @@ def _run_foreground(paths: StatePaths, config: Config, names: list[str]) -> int:
     async def supervise(supervisor: Any) -> None:
         from rich.live import Live
 
-        await supervisor.up(config.path, names)
+        await supervisor.up(config.path, names, force=force)
         with Live(console=_stdout_console(), refresh_per_second=4) as live:
             while True:
                 live.update(render.rich_table(supervisor.status()))

@@ -11,7 +11,20 @@ import sys
 from pathlib import Path
 from typing import Any, TextIO
 
-COLUMNS = ("NAME", "BACKEND", "MODEL", "STATE", "PID", "URL", "UPTIME", "RESTARTS", "MEMORY", "CPU", "HEALTH")
+COLUMNS = (
+    "NAME",
+    "BACKEND",
+    "MODEL",
+    "STATE",
+    "PID",
+    "URL",
+    "UPTIME",
+    "RESTARTS",
+    "MEMORY",
+    "ESTIMATE",
+    "CPU",
+    "HEALTH",
+)
 STATE_STYLES = {
     "healthy": "green",
     "starting": "yellow",
@@ -68,23 +81,51 @@ def row(instance: dict[str, Any]) -> list[str]:
         instance.get("url") or "-",
         format_duration(instance.get("uptime_s")),
         str(instance.get("restarts", 0)),
-        format_bytes(instance.get("memory_bytes")),
+        _memory_cell(instance),
+        format_bytes(instance.get("memory_estimate_bytes")),
         f"{cpu:.1f}%" if cpu is not None else "-",
         health,
     ]
+
+
+def _memory_cell(instance: dict[str, Any]) -> str:
+    value = instance.get("memory_bytes")
+    if value is None:
+        return "-"
+    text = f"{format_bytes(value)} {instance.get('memory_kind', '')}".strip()
+    gpu = instance.get("gpu_memory_bytes")
+    return text + (f" + {format_bytes(gpu)} GPU" if gpu else "")
+
+
+def system_line(status: dict[str, Any]) -> str | None:
+    """`memory: 9.1 GiB used of 32.0 GiB (22.9 GiB available), swap 0 B · instances 6.2 GiB pss · budget 28.8 GiB`"""
+    system = status.get("system")
+    if not system:
+        return None
+    parts = [
+        f"memory: {format_bytes(system['used_bytes'])} used of {format_bytes(system['total_bytes'])} "
+        f"({format_bytes(system['available_bytes'])} available), swap {format_bytes(system['swap_used_bytes'])}",
+        f"instances {format_bytes(system['instances_bytes'])} {system.get('memory_kind', '')}".rstrip(),
+        f"budget {format_bytes(system.get('memory_budget_bytes'))}",
+    ]
+    if system.get("gpu_wired_limit_bytes"):
+        parts.append(f"GPU wired limit {format_bytes(system['gpu_wired_limit_bytes'])}")
+    return " · ".join(parts)
 
 
 def write_json(payload: dict[str, Any], out: TextIO = sys.stdout) -> None:
     out.write(json.dumps(payload, indent=2) + "\n")
 
 
-def write_plain_table(instances: list[dict[str, Any]], out: TextIO = sys.stdout) -> None:
+def write_plain_table(instances: list[dict[str, Any]], out: TextIO = sys.stdout, footer: str | None = None) -> None:
     rows = [list(COLUMNS)] + [row(instance) for instance in instances]
     widths = [max(len(cells[i]) for cells in rows) for i in range(len(COLUMNS) - 1)]
     for cells in rows:
         out.write(
             "  ".join(cell.ljust(width) for cell, width in zip(cells, widths, strict=False)) + "  " + cells[-1] + "\n"
         )
+    if footer:
+        out.write(footer + "\n")
 
 
 def rich_table(status: dict[str, Any]) -> Any:
@@ -97,12 +138,15 @@ def rich_table(status: dict[str, Any]) -> Any:
         if supervisor
         else "no supervisor running"
     )
+    memory = system_line(status)
+    if memory:
+        caption += "\n" + memory
     table = Table(caption=caption, caption_justify="left", header_style="bold")
     for column in COLUMNS:
         table.add_column(
             column,
             no_wrap=column not in ("HEALTH", "MODEL"),
-            justify="right" if column in ("PID", "RESTARTS", "MEMORY", "CPU", "UPTIME") else "left",
+            justify="right" if column in ("PID", "RESTARTS", "MEMORY", "ESTIMATE", "CPU", "UPTIME") else "left",
         )
     for instance in status.get("instances", []):
         cells = row(instance)
@@ -119,4 +163,4 @@ def write_status(status: dict[str, Any], *, as_json: bool, out: TextIO = sys.std
 
         Console(file=out).print(rich_table(status))
     else:
-        write_plain_table(status.get("instances", []), out)
+        write_plain_table(status.get("instances", []), out, footer=system_line(status))
