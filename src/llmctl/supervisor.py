@@ -48,7 +48,6 @@ log = logging.getLogger("llmctl.supervisor")
 STATES = ("starting", "healthy", "unhealthy", "backoff", "failed", "stopped")
 _RUNNING = ("starting", "healthy", "unhealthy")
 SAMPLE_INTERVAL = 2.0
-MEMORY_GRACE = 10.0
 
 
 class StartFailure(Exception):
@@ -597,7 +596,7 @@ class Supervisor:
             await asyncio.sleep(SAMPLE_INTERVAL)
 
     async def _enforce_max_memory(self, instance: Instance) -> None:
-        """Over max_memory: warn at once; still over after MEMORY_GRACE seconds: restart per policy."""
+        """Over max_memory: warn at once; still over after memory_grace seconds: restart per policy."""
         limit = instance.spec.max_memory
         if limit is None or instance.memory is None or instance.state != "healthy":
             return
@@ -609,9 +608,10 @@ class Supervisor:
         if instance.over_memory_since is None:
             instance.over_memory_since = now
             self._note(instance, f"warning: memory {format_bytes(figure)} is over max_memory {format_bytes(limit)}")
-        elif now - instance.over_memory_since >= MEMORY_GRACE:
+        elif now - instance.over_memory_since >= instance.spec.memory_grace:
+            grace = instance.spec.memory_grace
             instance.kill_reason = (
-                f"memory: {format_bytes(figure)} over max_memory {format_bytes(limit)} for {MEMORY_GRACE:g}s"
+                f"memory: {format_bytes(figure)} over max_memory {format_bytes(limit)} for {grace:g}s"
             )
             self._note(instance, instance.kill_reason + "; stopping it")
             await self._terminate(instance)

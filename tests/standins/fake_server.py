@@ -11,6 +11,7 @@ misbehaves on request:
     --children N           fork N children that sleep in the same process group
     --escaping-child       fork a grandchild that calls setsid and keeps stdout open
     --flood N              print numbered lines to stdout, N per second
+    --allocate-mb N        hold N MiB of resident memory
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ def main() -> int:
     parser.add_argument("--ignore-term", action="store_true")
     parser.add_argument("--children", type=int, default=0)
     parser.add_argument("--escaping-child", action="store_true")
+    parser.add_argument("--allocate-mb", type=int, default=0, help="hold this much memory once ready")
     parser.add_argument("--flood", type=float, default=0.0, help="numbered lines per second")
     args = parser.parse_args()
 
@@ -54,6 +56,9 @@ def main() -> int:
     if args.flood:
         threading.Thread(target=_flood, args=(args.flood,), daemon=True).start()
 
+    ballast = bytearray(args.allocate_mb * 1024 * 1024)
+    for offset in range(0, len(ballast), 4096):
+        ballast[offset] = 1  # touch every page so it is resident
     ready_at = time.monotonic() + args.load_seconds
 
     class Handler(http.server.BaseHTTPRequestHandler):
