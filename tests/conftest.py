@@ -78,3 +78,10 @@ def _stop_everything(state: Path, work: Path) -> None:
                 process.kill()
         except psutil.Error:
             continue
+
+
+@pytest.fixture(scope="session")
+def big_gguf_model(tmp_path_factory, model_maker) -> Path:
+    """A GGUF of about 290 MB, so shared pages dominate what the memory tests measure."""
+    path = tmp_path_factory.mktemp("big") / "big-llama.gguf"
+    return model_maker.write_gguf(path, embedding_length=1536, feed_forward_length=6144)
