@@ -119,3 +119,31 @@ def test_foreground_up_stops_everything_on_ctrl_c(tmp_path, gguf_model, llama_se
     finally:
         foreground.kill()
     assert not psutil.pid_exists(instance["pid"]) or psutil.Process(instance["pid"]).status() == psutil.STATUS_ZOMBIE
+
+
+def test_kill_9_of_a_real_llama_server_is_restarted_and_serves_again(tmp_path, gguf_model, llama_server):
+    import os
+    import signal
+
+    from .helpers import wait_for
+
+    port = free_port()
+    write_config(
+        tmp_path,
+        f"instances:\n  - name: chat\n    backend: llama.cpp\n    model: {gguf_model}\n    port: {port}\n"
+        "    args: ['-c', '256']\n    restart: {policy: on-failure, backoff: 0.1}\n",
+    )
+    assert llmctl("up", cwd=tmp_path).returncode == 0
+    first = by_name(status_json(cwd=tmp_path))["chat"]
+    os.kill(first["pid"], signal.SIGKILL)
+    again = wait_for(
+        lambda: (
+            (i := by_name(status_json(cwd=tmp_path))["chat"])["state"] == "healthy" and i["pid"] != first["pid"] and i
+        ),
+        timeout=30,
+    )
+    assert again["restarts"] == 1 and "SIGKILL" in again["last_exit"]
+    reply = httpx.post(
+        again["url"] + "/v1/completions", json={"prompt": "hi", "n_predict": 2}, timeout=60, trust_env=False
+    )
+    assert reply.status_code == 200

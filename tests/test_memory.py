@@ -209,3 +209,18 @@ def test_no_nvml_means_no_gpu_figure():
     gpu = memory.GpuMemory()
     gpu._failed = True
     assert gpu.by_pid() is None
+
+
+def test_gguf_header_reader_agrees_with_the_gguf_package(big_gguf_model, gguf_model):
+    """llmctl reads GGUF headers with the standard library (the supervisor stays free of numpy);
+    the gguf package is the reference."""
+    import gguf
+
+    from llmctl.ggufinfo import read_gguf
+
+    for path in (big_gguf_model, gguf_model):
+        reference = gguf.GGUFReader(str(path))
+        info = read_gguf(path)
+        assert info.tensor_bytes == sum(int(tensor.n_bytes) for tensor in reference.tensors)
+        assert info.arch_value("block_count") == int(reference.fields["llama.block_count"].parts[-1][0])
+        assert info.metadata["tokenizer.ggml.tokens"] == len(reference.fields["tokenizer.ggml.tokens"].data)
