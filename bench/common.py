@@ -35,3 +35,21 @@ def time_command(argv: list[str], runs: int, env: dict[str, str] | None = None) 
 
 def summary(label: str, timings: list[float]) -> str:
     return f"{label:<34} median {statistics.median(timings) * 1000:7.1f} ms   min {min(timings) * 1000:7.1f} ms   (n={len(timings)})"
+
+
+def supervisord_config(folder: Path, programs: str) -> Path:
+    """A supervisord.conf in `folder` with its socket, log and pid file there, and `programs` appended."""
+    config = folder / "supervisord.conf"
+    config.write_text(
+        f"""[unix_http_server]
+file={folder}/supervisor.sock
+[supervisord]
+logfile={folder}/supervisord.log
+pidfile={folder}/supervisord.pid
+[rpcinterface:supervisor]
+supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface
+[supervisorctl]
+serverurl=unix://{folder}/supervisor.sock
+{programs}"""
+    )
+    return config

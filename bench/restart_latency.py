@@ -18,7 +18,7 @@ from pathlib import Path
 
 import httpx
 import psutil
-from common import BIN, ROOT, free_port
+from common import BIN, ROOT, free_port, supervisord_config
 
 sys.path.insert(0, str(ROOT / "scripts"))
 from make_demo_models import write_gguf
@@ -67,21 +67,13 @@ def main() -> None:
         folder = Path(temp)
         model = write_gguf(folder / "tiny.gguf")
         sup_port, llm_port = free_port(), free_port()
-        (folder / "supervisord.conf").write_text(
-            f"""[unix_http_server]
-file={folder}/s.sock
-[supervisord]
-logfile={folder}/supervisord.log
-pidfile={folder}/supervisord.pid
-[rpcinterface:supervisor]
-supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface
-[supervisorctl]
-serverurl=unix://{folder}/s.sock
-[program:chat]
+        sup_config = supervisord_config(
+            folder,
+            f"""[program:chat]
 command={binary} -m {model} --host 127.0.0.1 --port {sup_port} -c 256
 autorestart=true
 startsecs=0
-"""
+""",
         )
         (folder / "instances.yaml").write_text(
             f"""instances:
@@ -94,16 +86,14 @@ startsecs=0
 """
         )
         env = {**os.environ, "LLMCTL_STATE_DIR": str(folder / "state")}
-        subprocess.run([BIN / "supervisord", "-c", folder / "supervisord.conf"], check=True)
+        subprocess.run([BIN / "supervisord", "-c", sup_config], check=True)
         subprocess.run([BIN / "llmctl", "up"], cwd=folder, env=env, check=True, stdout=subprocess.DEVNULL)
         try:
             supervisord = [measure(sup_port) for _ in range(RUNS)]
             llmctl = [measure(llm_port) for _ in range(RUNS)]
         finally:
             subprocess.run([BIN / "llmctl", "down"], cwd=folder, env=env, stdout=subprocess.DEVNULL)
-            subprocess.run(
-                [BIN / "supervisorctl", "-c", folder / "supervisord.conf", "shutdown"], stdout=subprocess.DEVNULL
-            )
+            subprocess.run([BIN / "supervisorctl", "-c", sup_config, "shutdown"], stdout=subprocess.DEVNULL)
 
     def report(label: str, samples: list[tuple[float, float]]) -> tuple[float, float]:
         respawn = statistics.median(sample[0] for sample in samples)

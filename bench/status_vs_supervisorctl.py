@@ -14,30 +14,17 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import BIN, FAKE_SERVER, free_port, summary, time_command
+from common import BIN, FAKE_SERVER, free_port, summary, supervisord_config, time_command
 
 RUNS = 30
 
 
-def supervisord_config(folder: Path, ports: list[int]) -> Path:
+def supervised_fakes(folder: Path, ports: list[int]) -> Path:
     programs = "\n".join(
         f"[program:fake{index}]\ncommand={sys.executable} {FAKE_SERVER} --port {port}\nautorestart=true\n"
         for index, port in enumerate(ports)
     )
-    config = folder / "supervisord.conf"
-    config.write_text(
-        f"""[unix_http_server]
-file={folder}/supervisor.sock
-[supervisord]
-logfile={folder}/supervisord.log
-pidfile={folder}/supervisord.pid
-[rpcinterface:supervisor]
-supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface
-[supervisorctl]
-serverurl=unix://{folder}/supervisor.sock
-{programs}"""
-    )
-    return config
+    return supervisord_config(folder, programs)
 
 
 def llmctl_config(folder: Path, ports: list[int]) -> Path:
@@ -56,7 +43,7 @@ def bench(count: int) -> dict[str, float]:
         folder = Path(temp)
         sup_ports = [free_port() for _ in range(count)]
         llm_ports = [free_port() for _ in range(count)]
-        sup_config = supervisord_config(folder, sup_ports)
+        sup_config = supervised_fakes(folder, sup_ports)
         llm_config = llmctl_config(folder, llm_ports)
         env = {"LLMCTL_STATE_DIR": str(folder / "state"), "LLMCTL_CONFIG": str(llm_config)}
         subprocess.run([BIN / "supervisord", "-c", sup_config], check=True)

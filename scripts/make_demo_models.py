@@ -57,7 +57,11 @@ def vocabulary() -> tuple[list[str], list[str]]:
 
 
 def write_gguf(
-    path: Path, *, embedding_length: int = SHAPE["hidden"], feed_forward_length: int = SHAPE["ffn"], pad_vocab_to: int = 0
+    path: Path,
+    *,
+    embedding_length: int = SHAPE["hidden"],
+    feed_forward_length: int = SHAPE["ffn"],
+    pad_vocab_to: int = 0,
 ) -> Path:
     """A llama GGUF of random f32 weights.
 
