@@ -34,13 +34,12 @@ from .backends import NotReady, backend_for
 from .budget import Candidate, check_budget, format_bytes
 from .config import Config, InstanceSpec, load_config
 from .errors import ConfigError, LlmctlError, StartError
+from .httpclient import HttpClient
 from .memory import IS_MACOS, GpuMemory, TreeMemory, default_budget, memory_fields, sample_tree, system_summary
 from .ports import describe_busy_port, port_is_free
 from .redact import redact_argv, redact_env
 
 if TYPE_CHECKING:
-    import httpx
-
     from .paths import StatePaths
 
 log = logging.getLogger("llmctl.supervisor")
@@ -108,7 +107,7 @@ class Supervisor:
         self.log_limits = process.LogLimits(max_bytes=10 * 1024 * 1024, backups=3)
         self.started_mono = time.monotonic()
         self.shutdown_requested = asyncio.Event()
-        self._http: httpx.AsyncClient | None = None
+        self._http: HttpClient | None = None
         self._samplers: dict[int, Any] = {}
         self._gpu = GpuMemory()
         self.memory_budget: int | None = None
@@ -116,10 +115,8 @@ class Supervisor:
     # -- life of the supervisor itself -------------------------------------------------------
 
     async def __aenter__(self) -> Supervisor:
-        import httpx
-
-        # trust_env=False: a proxy from the environment must never sit between us and 127.0.0.1.
-        self._http = httpx.AsyncClient(trust_env=False)
+        # Our own client: no proxy from the environment can sit between us and 127.0.0.1.
+        self._http = HttpClient()
         await self._adopt_recorded()
         self._sampler_task = asyncio.ensure_future(self._sample_forever())
         return self
@@ -130,7 +127,7 @@ class Supervisor:
             await self._http.aclose()
 
     @property
-    def http(self) -> httpx.AsyncClient:
+    def http(self) -> HttpClient:
         assert self._http is not None, "use the supervisor as an async context manager"
         return self._http
 
@@ -453,6 +450,8 @@ class Supervisor:
                     ready.result()
                 except NotReady as exc:
                     raise StartFailure(str(exc), retry=True) from None
+                except Exception as exc:  # an answer the backend did not expect: report it, never crash
+                    raise StartFailure(f"readiness check failed: {exc}", retry=True) from None
                 self._mark_healthy(instance, f"healthy after {time.monotonic() - (instance.started_mono or 0):.2f}s")
                 with contextlib.suppress(Exception):
                     reported = await backend.reported_memory(spec, self.http)

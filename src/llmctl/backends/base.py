@@ -18,9 +18,8 @@ from typing import TYPE_CHECKING, ClassVar
 from ..errors import BinaryNotFound
 
 if TYPE_CHECKING:
-    import httpx
-
     from ..config import InstanceSpec
+    from ..httpclient import HttpClient
 
 # Readiness is polled this often: `up` returns within one interval of the slowest server's own readiness.
 READY_POLL_INTERVAL = 0.05
@@ -67,12 +66,12 @@ class Backend(ABC):
         """Bytes this instance will take once loaded, or None when it cannot be known before it runs."""
         return None
 
-    async def reported_memory(self, spec: InstanceSpec, http: httpx.AsyncClient) -> int | None:
+    async def reported_memory(self, spec: InstanceSpec, http: HttpClient) -> int | None:
         """What the running server itself says its model takes, where it says so."""
         return None
 
     @abstractmethod
-    async def wait_ready(self, spec: InstanceSpec, http: httpx.AsyncClient) -> None:
+    async def wait_ready(self, spec: InstanceSpec, http: HttpClient) -> None:
         """Return once the server can answer a request for its model; raise NotReady if it never will.
 
         The supervisor bounds this with the instance's start_timeout and cancels it if the process exits.
@@ -82,7 +81,7 @@ class Backend(ABC):
     def liveness_url(self, spec: InstanceSpec) -> str:
         """A cheap URL that answers 2xx while the server is healthy."""
 
-    async def is_healthy(self, spec: InstanceSpec, http: httpx.AsyncClient) -> bool:
+    async def is_healthy(self, spec: InstanceSpec, http: HttpClient) -> bool:
         status = await get_status(http, self.liveness_url(spec), spec.health.timeout)
         return status is not None and 200 <= status < 300
 
@@ -97,18 +96,18 @@ def resolve_program(program: str, workdir: str | None = None) -> str | None:
     return shutil.which(program)
 
 
-async def get_status(http: httpx.AsyncClient, url: str, timeout: float) -> int | None:
+async def get_status(http: HttpClient, url: str, timeout: float) -> int | None:
     """The HTTP status of GET url, or None when nothing answers in time."""
-    import httpx
+    from ..httpclient import HttpError
 
     try:
         response = await http.get(url, timeout=timeout)
-    except (httpx.HTTPError, OSError):
+    except HttpError:
         return None
     return response.status_code
 
 
-async def poll_until_ok(http: httpx.AsyncClient, url: str, timeout: float, accept: tuple[int, ...] = (200,)) -> None:
+async def poll_until_ok(http: HttpClient, url: str, timeout: float, accept: tuple[int, ...] = (200,)) -> None:
     """Poll `url` every READY_POLL_INTERVAL until it answers with one of `accept`."""
     while await get_status(http, url, timeout) not in accept:
         await asyncio.sleep(READY_POLL_INTERVAL)

@@ -12,9 +12,8 @@ from ..errors import BinaryNotFound
 from .base import Backend, poll_until_ok, resolve_program
 
 if TYPE_CHECKING:
-    import httpx
-
     from ..config import InstanceSpec
+    from ..httpclient import HttpClient
 
 
 class CommandBackend(Backend):
@@ -35,7 +34,7 @@ class CommandBackend(Backend):
     def liveness_url(self, spec: InstanceSpec) -> str:
         return spec.health_url("/v1/models")
 
-    async def wait_ready(self, spec: InstanceSpec, http: httpx.AsyncClient) -> None:
+    async def wait_ready(self, spec: InstanceSpec, http: HttpClient) -> None:
         await poll_until_ok(http, self.liveness_url(spec), spec.health.timeout, accept=tuple(range(200, 300)))
 
 

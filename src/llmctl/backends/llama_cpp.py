@@ -11,9 +11,8 @@ from ..ggufinfo import GgufError, read_gguf
 from .base import Backend, option_value, poll_until_ok, resolve_model_path, resolve_program
 
 if TYPE_CHECKING:
-    import httpx
-
     from ..config import InstanceSpec
+    from ..httpclient import HttpClient
 
 GGUF_MAGIC = b"GGUF"
 # What a llama-server process takes besides weights, KV cache and compute buffers (binary, libraries,
@@ -89,7 +88,7 @@ class LlamaCppBackend(Backend):
         compute = 4 * ubatch * (vocab + 4 * n_embd)  # logits and activations of one micro-batch, f32
         return int(info.tensor_bytes + kv_cache + compute + PROCESS_BASE_BYTES)
 
-    async def wait_ready(self, spec: InstanceSpec, http: httpx.AsyncClient) -> None:
+    async def wait_ready(self, spec: InstanceSpec, http: HttpClient) -> None:
         await poll_until_ok(http, self.liveness_url(spec), spec.health.timeout)
 
 

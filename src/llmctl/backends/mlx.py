@@ -18,9 +18,8 @@ from typing import TYPE_CHECKING
 from .base import READY_POLL_INTERVAL, Backend, NotReady, get_status, poll_until_ok, resolve_model_path
 
 if TYPE_CHECKING:
-    import httpx
-
     from ..config import InstanceSpec
+    from ..httpclient import HttpClient
 
 _LOCAL_PREFIXES = ("/", "./", "../", "~")
 # Python, MLX and the tokenizer stack before any weights: about 90 MiB measured on Linux.
@@ -92,7 +91,7 @@ class MlxBackend(Backend):
     def liveness_url(self, spec: InstanceSpec) -> str:
         return spec.health_url("/health")
 
-    async def wait_ready(self, spec: InstanceSpec, http: httpx.AsyncClient) -> None:
+    async def wait_ready(self, spec: InstanceSpec, http: HttpClient) -> None:
         await poll_until_ok(http, self.liveness_url(spec), spec.health.timeout)
         completion = asyncio.ensure_future(self._first_token(spec, http))
         try:
@@ -104,7 +103,7 @@ class MlxBackend(Backend):
         finally:
             completion.cancel()
 
-    async def _first_token(self, spec: InstanceSpec, http: httpx.AsyncClient) -> None:
+    async def _first_token(self, spec: InstanceSpec, http: HttpClient) -> None:
         """One-token completion of the default model (no `model` field: naming one may swap models)."""
         response = await http.post(
             spec.url + "/v1/completions",

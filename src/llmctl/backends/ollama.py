@@ -13,9 +13,8 @@ from typing import TYPE_CHECKING
 from .base import READY_POLL_INTERVAL, Backend, NotReady, poll_until_ok
 
 if TYPE_CHECKING:
-    import httpx
-
     from ..config import InstanceSpec
+    from ..httpclient import HttpClient
 
 
 class OllamaBackend(Backend):
@@ -36,14 +35,14 @@ class OllamaBackend(Backend):
     def liveness_url(self, spec: InstanceSpec) -> str:
         return spec.health_url("/api/version")
 
-    async def wait_ready(self, spec: InstanceSpec, http: httpx.AsyncClient) -> None:
+    async def wait_ready(self, spec: InstanceSpec, http: HttpClient) -> None:
         # Ollama accepts connections before it serves them: short probe timeouts, retried.
         await poll_until_ok(http, self.liveness_url(spec), min(spec.health.timeout, 1.0))
         await self._preload(spec, http)
         while spec.model not in await self.loaded_models(spec, http):
             await asyncio.sleep(READY_POLL_INTERVAL)
 
-    async def _preload(self, spec: InstanceSpec, http: httpx.AsyncClient) -> None:
+    async def _preload(self, spec: InstanceSpec, http: HttpClient) -> None:
         request: dict[str, object] = {"model": spec.model}
         if "OLLAMA_KEEP_ALIVE" not in spec.env:
             request["keep_alive"] = -1  # a supervised model stays loaded; the user can say otherwise
@@ -55,7 +54,7 @@ class OllamaBackend(Backend):
         if response.status_code != 200:
             raise NotReady(f"loading {spec.model!r} answered HTTP {response.status_code}: {response.text[:200]}")
 
-    async def reported_memory(self, spec: InstanceSpec, http: httpx.AsyncClient) -> int | None:
+    async def reported_memory(self, spec: InstanceSpec, http: HttpClient) -> int | None:
         """The `size` /api/ps reports for this instance's model (the runner's own estimate)."""
         response = await http.get(spec.url + "/api/ps", timeout=spec.health.timeout)
         wanted = {spec.model, f"{spec.model}:latest"}
@@ -64,7 +63,7 @@ class OllamaBackend(Backend):
                 return int(entry.get("size") or 0) or None
         return None
 
-    async def loaded_models(self, spec: InstanceSpec, http: httpx.AsyncClient) -> set[str]:
+    async def loaded_models(self, spec: InstanceSpec, http: HttpClient) -> set[str]:
         response = await http.get(spec.url + "/api/ps", timeout=spec.health.timeout)
         names: set[str] = set()
         for entry in response.json().get("models", []):
