@@ -55,7 +55,7 @@ instances:
     assert chat.restart.policy == "always"
     assert chat.env == {"SHARED": "1", "OWN": "2"}
     assert chat.workdir == str(tmp_path)
-    assert code.command == ["python3", "-m", "http.server", "8182"]
+    assert code.command == ("python3", "-m", "http.server", "8182")
     assert code.restart.policy == "no"
 
 

@@ -1,5 +1,8 @@
 """The schema of instances.yaml, and the loader that turns mistakes into one clear line.
 
+The pydantic models here hold every default and constraint; a valid file comes back as the plain
+dataclasses of llmctl.spec, which is all the rest of llmctl (the supervisor above all) works with.
+
 Every error names the file, the line where YAML has one, the instance and the field, e.g.
 
     instances.yaml:14: instance 'chat', port: must be between 1024 and 65535 (got 70000)
@@ -21,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from .errors import ConfigError
 from .paths import CONFIG_ENV, DEFAULT_CONFIG_NAME
+from .spec import Config, InstanceSpec
 from .yamlsource import LineDict, YamlSyntaxError, line_of, load_yaml
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
@@ -34,7 +38,7 @@ class _Strict(BaseModel):
 Seconds = Annotated[float, Field(gt=0)]
 
 
-class HealthSpec(_Strict):
+class HealthModel(_Strict):
     """How readiness and liveness are checked. `url` overrides `path` (which is relative to the instance)."""
 
     path: str | None = None
@@ -59,7 +63,7 @@ class HealthSpec(_Strict):
         return value
 
 
-class RestartSpec(_Strict):
+class RestartModel(_Strict):
     """What happens when a server exits: `no`, `on-failure` (non-zero exit or signal), `always`."""
 
     policy: Literal["no", "on-failure", "always"] = "on-failure"
@@ -76,7 +80,7 @@ class RestartSpec(_Strict):
     window: Seconds = 60.0
 
 
-class InstanceSpec(_Strict):
+class InstanceModel(_Strict):
     name: str
     backend: str
     model: str | None = None
@@ -85,8 +89,8 @@ class InstanceSpec(_Strict):
     args: list[str] = []
     env: dict[str, str] = {}
     command: list[str] | None = None
-    health: HealthSpec = HealthSpec()
-    restart: RestartSpec = RestartSpec()
+    health: HealthModel = HealthModel()
+    restart: RestartModel = RestartModel()
     stop_timeout: Seconds = 10.0
     # Above this (bytes, "8GiB", "25%"): a warning at once, a restart per policy once it lasts memory_grace seconds.
     max_memory: int | None = None
@@ -147,7 +151,7 @@ class InstanceSpec(_Strict):
         return value
 
     @model_validator(mode="after")
-    def _backend_fields(self) -> InstanceSpec:
+    def _backend_fields(self) -> InstanceModel:
         if self.backend == "command" and self.command is None:
             raise ValueError("backend 'command' needs `command:` (the server's command line)")
         if self.backend != "command" and self.command is not None:
@@ -156,17 +160,8 @@ class InstanceSpec(_Strict):
             raise ValueError(f"backend {self.backend!r} needs `model:`")
         return self
 
-    @property
-    def url(self) -> str:
-        return f"http://{connect_host(self.host)}:{self.port}"
 
-    def health_url(self, default_path: str) -> str:
-        if self.health.url:
-            return self.health.url
-        return self.url + (self.health.path or default_path)
-
-
-class DefaultsSpec(_Strict):
+class DefaultsModel(_Strict):
     """Values every instance starts from; an instance's own keys win, mappings merge key by key."""
 
     host: str | None = None
@@ -177,17 +172,17 @@ class DefaultsSpec(_Strict):
     max_memory: Any = None
 
 
-class LogSpec(_Strict):
+class LogsModel(_Strict):
     """Each instance's log is rotated at `max_bytes`, keeping `backups` older files (NAME.log.1 ...)."""
 
     max_bytes: Annotated[int, Field(ge=1024)] = 10 * 1024 * 1024
     backups: Annotated[int, Field(ge=0, le=100)] = 3
 
 
-class Config(_Strict):
-    instances: list[InstanceSpec]
-    defaults: DefaultsSpec = DefaultsSpec()
-    logs: LogSpec = LogSpec()
+class ConfigModel(_Strict):
+    instances: list[InstanceModel]
+    defaults: DefaultsModel = DefaultsModel()
+    logs: LogsModel = LogsModel()
     # What all instances together may take (bytes, "48GiB", "80%"); None: the platform default.
     memory_budget: int | None = None
     binaries: dict[str, str] = {}
@@ -209,7 +204,7 @@ class Config(_Strict):
         return value
 
     @model_validator(mode="after")
-    def _unique_names_and_ports(self) -> Config:
+    def _unique_names_and_ports(self) -> ConfigModel:
         seen_names: set[str] = set()
         seen_ports: dict[int, str] = {}
         for index, instance in enumerate(self.instances):
@@ -224,21 +219,15 @@ class Config(_Strict):
             seen_ports[instance.port] = instance.name
         return self
 
-    def instance(self, name: str) -> InstanceSpec:
-        for instance in self.instances:
-            if instance.name == name:
-                return instance
-        raise ConfigError(f"no instance named {name!r} in {self.path} (instances: {', '.join(self.names) or 'none'})")
-
-    @property
-    def names(self) -> list[str]:
-        return [instance.name for instance in self.instances]
-
-    def select(self, names: list[str] | None) -> list[InstanceSpec]:
-        """The instances named (all when none are), in the order given; unknown names are an error."""
-        if not names:
-            return list(self.instances)
-        return [self.instance(name) for name in dict.fromkeys(names)]
+    def to_spec(self) -> Config:
+        return Config(
+            path=self.path,
+            instances=tuple(InstanceSpec.from_dict(instance.model_dump()) for instance in self.instances),
+            binaries=dict(self.binaries),
+            log_max_bytes=self.logs.max_bytes,
+            log_backups=self.logs.backups,
+            memory_budget=self.memory_budget,
+        )
 
 
 class _FieldProblem(Exception):
@@ -250,17 +239,6 @@ class _FieldProblem(Exception):
     def __init__(self, location: tuple[Any, ...], message: str) -> None:
         super().__init__(message)
         self.location = location
-
-
-def connect_host(host: str) -> str:
-    """Where a client on this machine reaches a server bound to `host`."""
-    if host in ("0.0.0.0", ""):
-        return "127.0.0.1"
-    if host in ("::", "[::]"):
-        return "[::1]"
-    if ":" in host and not host.startswith("["):
-        return f"[{host}]"
-    return host
 
 
 def _size(value: Any) -> int:
@@ -306,7 +284,7 @@ def parse_config(text: str, path: Path) -> Config:
     try:
         expanded = _expand_variables(document, ())
         prepared = _apply_defaults(expanded, path.parent)
-        config = Config.model_validate({**prepared, "path": str(path)})
+        config = ConfigModel.model_validate({**prepared, "path": str(path)}).to_spec()
     except _FieldProblem as exc:
         message = _describe(document, exc.location, str(exc))
         raise ConfigError(_located(path, line_of(document, exc.location), message)) from None
@@ -366,7 +344,7 @@ def _apply_defaults(document: dict[str, Any], config_dir: Path) -> dict[str, Any
             continue
         entry = dict(instance)
         for key, value in defaults.items():
-            if key not in DefaultsSpec.model_fields:
+            if key not in DefaultsModel.model_fields:
                 continue  # reported by the schema as an unknown key under `defaults`
             if isinstance(value, dict) and isinstance(entry.get(key, {}), dict):
                 entry[key] = {**value, **entry.get(key, {})}
@@ -419,7 +397,7 @@ def _friendly(problem: Mapping[str, Any], document: Any, location: tuple[Any, ..
 
 
 def _model_for(location: tuple[Any, ...]) -> type[BaseModel] | None:
-    model: type[BaseModel] | None = Config
+    model: type[BaseModel] | None = ConfigModel
     for step in location:
         if model is None:
             return None
@@ -433,11 +411,11 @@ def _model_for(location: tuple[Any, ...]) -> type[BaseModel] | None:
 
 
 _SECTION_MODELS: dict[str, type[BaseModel]] = {
-    "instances": InstanceSpec,
-    "defaults": DefaultsSpec,
-    "health": HealthSpec,
-    "restart": RestartSpec,
-    "logs": LogSpec,
+    "instances": InstanceModel,
+    "defaults": DefaultsModel,
+    "health": HealthModel,
+    "restart": RestartModel,
+    "logs": LogsModel,
 }
 
 

@@ -1,7 +1,7 @@
 """The control API: one JSON request per connection on a Unix socket only this user can open.
 
     -> {"op": "status"}                              <- {"ok": true, ...}
-    -> {"op": "up", "config": PATH, "names": [...], "force": false}  <- {"ok": true, "actions": {...}}
+    -> {"op": "up", "config": {validated config}, "names": [...], "force": false}  <- {"ok": true, "actions": {...}}
     -> {"op": "down", "names": [...]}                 (no names: everything, then the supervisor exits)
     -> {"op": "restart", "names": [...]}
     -> {"op": "ping"}
@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import __version__
 from .errors import ConfigError
+from .spec import Config
 from .supervisor import as_error
 
 if TYPE_CHECKING:
@@ -75,6 +76,14 @@ def request_is_full_shutdown(request: Any) -> bool:
     return isinstance(request, dict) and request.get("op") == "down" and not request.get("names")
 
 
+def _config(request: dict[str, Any]) -> Config:
+    """The config the client validated (the supervisor never imports the schema: it stays small)."""
+    try:
+        return Config.from_dict(request["config"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ConfigError(f"the request carries no valid config ({exc})") from None
+
+
 async def _dispatch(supervisor: Supervisor, request: dict[str, Any]) -> dict[str, Any]:
     op = request.get("op")
     names = request.get("names") or []
@@ -85,13 +94,10 @@ async def _dispatch(supervisor: Supervisor, request: dict[str, Any]) -> dict[str
     if op == "status":
         return {"ok": True, **supervisor.status()}
     if op == "up":
-        config = request.get("config")
-        if not isinstance(config, str):
-            raise ConfigError("up needs the config file's path")
-        return {"ok": True, **await supervisor.up(config, names, force=bool(request.get("force")))}
+        return {"ok": True, **await supervisor.up(_config(request), names, force=bool(request.get("force")))}
     if op == "down":
         return {"ok": True, **await supervisor.stop(names)}
     if op == "restart":
-        config = request.get("config")
-        return {"ok": True, **await supervisor.restart(names, config if isinstance(config, str) else None)}
+        config = _config(request) if request.get("config") is not None else None
+        return {"ok": True, **await supervisor.restart(names, config)}
     raise ConfigError(f"unknown operation {op!r}")

@@ -13,7 +13,7 @@ from .paths import StatePaths
 from .redact import redact_env
 
 if TYPE_CHECKING:
-    from .config import Config
+    from .spec import Config
 
 WAIT_POLL = 0.03
 # While waiting in `up`: an instance is settled when healthy, or failed, or retrying after a failed start.
@@ -83,13 +83,12 @@ def select(instances: list[dict[str, Any]], names: list[str]) -> list[dict[str, 
 def up(paths: StatePaths, config_path: Path, names: list[str], force: bool = False) -> dict[str, str]:
     """Ask the supervisor (started if needed) to start what is not running; returns its actions.
 
-    A running supervisor validates the config itself (same errors, exit 2); without one, it is
-    validated here first, so a broken file never leaves an idle supervisor behind.
+    The config is validated here, before any supervisor starts, and sent validated: the supervisor
+    never imports the schema.
     """
-    if not client.is_running(paths):
-        _validated(config_path, names)
-        client.ensure_supervisor(paths)
-    request = {"op": "up", "config": str(config_path), "names": names, "force": force}
+    config = _validated(config_path, names)
+    client.ensure_supervisor(paths)
+    request = {"op": "up", "config": config.to_dict(), "names": names, "force": force}
     answer = client.request(paths, request, timeout=None)
     return answer["actions"]
 
@@ -160,8 +159,7 @@ def _wait_for_exit(pid: int, timeout: float = 10.0) -> None:
 
 
 def restart(paths: StatePaths, config_path: Path, names: list[str]) -> dict[str, str]:
-    if not client.is_running(paths):
-        _validated(config_path, names)
-        client.ensure_supervisor(paths)
-    request = {"op": "restart", "names": names, "config": str(config_path)}
+    config = _validated(config_path, names)
+    client.ensure_supervisor(paths)
+    request = {"op": "restart", "names": names, "config": config.to_dict()}
     return client.request(paths, request, timeout=None)["actions"]

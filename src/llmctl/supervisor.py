@@ -26,18 +26,17 @@ import subprocess
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import process, state
 from .backends import NotReady, backend_for
 from .budget import Candidate, check_budget, format_bytes
-from .config import Config, InstanceSpec, load_config
 from .errors import ConfigError, LlmctlError, StartError
 from .httpclient import HttpClient
 from .memory import IS_MACOS, GpuMemory, TreeMemory, default_budget, memory_fields, sample_tree, system_summary
 from .ports import describe_busy_port, port_is_free
 from .redact import redact_argv, redact_env
+from .spec import Config, InstanceSpec
 
 if TYPE_CHECKING:
     from .paths import StatePaths
@@ -140,8 +139,8 @@ class Supervisor:
         self.config_path = config_path
         for record in records:
             try:
-                spec = InstanceSpec.model_validate(record.spec)
-            except ValueError as exc:
+                spec = InstanceSpec.from_dict(record.spec)
+            except (KeyError, TypeError, ValueError) as exc:
                 log.warning("state for %s is unreadable (%s); not adopting pid %s", record.name, exc, record.pid)
                 continue
             handle = process.ProcessHandle(record.pid, record.create_time)
@@ -174,13 +173,12 @@ class Supervisor:
 
     # -- operations the control API exposes -------------------------------------------------
 
-    def _load(self, config_path: str) -> Config:
-        """Read the config and learn its instances; running ones keep their spec until restarted."""
-        config = load_config(Path(config_path))
+    def _load(self, config: Config) -> Config:
+        """Learn a (validated) config's instances; running ones keep their spec until restarted."""
         self._check_same_config(config)
         self.config_path = str(config.path)
         self.binaries = dict(config.binaries)
-        self.log_limits = process.LogLimits(config.logs.max_bytes, config.logs.backups)
+        self.log_limits = process.LogLimits(config.log_max_bytes, config.log_backups)
         self.memory_budget = config.memory_budget
         for spec in config.instances:
             known = self.instances.get(spec.name)
@@ -209,8 +207,8 @@ class Supervisor:
         candidates = [Candidate(spec.name, backend_for(spec.backend).estimate_memory(spec)) for spec in specs]
         check_budget(candidates, in_use, budget, source)
 
-    async def up(self, config_path: str, names: list[str], force: bool = False) -> dict[str, Any]:
-        config = self._load(config_path)
+    async def up(self, config: Config, names: list[str], force: bool = False) -> dict[str, Any]:
+        config = self._load(config)
         selected = config.select(names)
         to_start = [
             spec
@@ -249,9 +247,10 @@ class Supervisor:
         self._save()
         return {"stopped": [instance.name for instance in targets]}
 
-    async def restart(self, names: list[str], config_path: str | None = None) -> dict[str, Any]:
-        """Stop and start again, with the spec from the config file when one is given."""
-        config = self._load(config_path) if config_path else None
+    async def restart(self, names: list[str], config: Config | None = None) -> dict[str, Any]:
+        """Stop and start again, with the spec from the config when one is given."""
+        if config is not None:
+            self._load(config)
         targets = self._select(names)
         await asyncio.gather(*(self._stop_instance(instance) for instance in targets))
         for instance in targets:
@@ -551,7 +550,7 @@ class Supervisor:
                 create_time=instance.handle.create_time,
                 pgid=instance.pgid or instance.handle.pid,
                 started_at=instance.started_wall or time.time(),
-                spec=instance.spec.model_dump(),
+                spec=instance.spec.to_dict(),
                 restarts=instance.restarts,
                 relay_pid=instance.relay.pid if instance.relay else 0,
                 relay_create_time=instance.relay.create_time if instance.relay else 0.0,

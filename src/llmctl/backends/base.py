@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING, ClassVar
 from ..errors import BinaryNotFound
 
 if TYPE_CHECKING:
-    from ..config import InstanceSpec
     from ..httpclient import HttpClient
+    from ..spec import InstanceSpec
 
 # Readiness is polled this often: `up` returns within one interval of the slowest server's own readiness.
 READY_POLL_INTERVAL = 0.05

@@ -12,8 +12,8 @@ from ..errors import BinaryNotFound
 from .base import Backend, poll_until_ok, resolve_program
 
 if TYPE_CHECKING:
-    from ..config import InstanceSpec
     from ..httpclient import HttpClient
+    from ..spec import InstanceSpec
 
 
 class CommandBackend(Backend):

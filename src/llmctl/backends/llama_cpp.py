@@ -11,8 +11,8 @@ from ..ggufinfo import GgufError, read_gguf
 from .base import Backend, option_value, poll_until_ok, resolve_model_path, resolve_program
 
 if TYPE_CHECKING:
-    from ..config import InstanceSpec
     from ..httpclient import HttpClient
+    from ..spec import InstanceSpec
 
 GGUF_MAGIC = b"GGUF"
 # What a llama-server process takes besides weights, KV cache and compute buffers (binary, libraries,

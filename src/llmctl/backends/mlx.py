@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING
 from .base import READY_POLL_INTERVAL, Backend, NotReady, get_status, poll_until_ok, resolve_model_path
 
 if TYPE_CHECKING:
-    from ..config import InstanceSpec
     from ..httpclient import HttpClient
+    from ..spec import InstanceSpec
 
 _LOCAL_PREFIXES = ("/", "./", "../", "~")
 # Python, MLX and the tokenizer stack before any weights: about 90 MiB measured on Linux.

@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING
 from .base import READY_POLL_INTERVAL, Backend, NotReady, poll_until_ok
 
 if TYPE_CHECKING:
-    from ..config import InstanceSpec
     from ..httpclient import HttpClient
+    from ..spec import InstanceSpec
 
 
 class OllamaBackend(Backend):

@@ -18,7 +18,7 @@ from ..paths import StatePaths, find_config_path
 from . import render
 
 if TYPE_CHECKING:
-    from ..config import Config
+    from ..spec import Config
 
 EXIT_FAILED = 1
 EXIT_INTERRUPTED = 130
@@ -225,7 +225,7 @@ def _run_foreground(paths: StatePaths, config: Config, names: list[str], force: 
     async def supervise(supervisor: Any) -> None:
         from rich.live import Live
 
-        await supervisor.up(config.path, names, force=force)
+        await supervisor.up(config, names, force=force)
         with Live(console=_stdout_console(), refresh_per_second=4) as live:
             while True:
                 live.update(render.rich_table(supervisor.status()))
