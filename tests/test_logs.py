@@ -47,10 +47,10 @@ def test_flooding_server_is_rotated_and_a_follower_loses_no_line(tmp_path, state
 
 def test_relay_keeps_draining_when_the_disk_is_full():
     """On a full disk the relay drops lines but keeps reading, so a server never blocks on output."""
-    import sys
+    from llmctl.process import RELAY_COMMAND
 
     relay = subprocess.Popen(
-        [sys.executable, "-m", "llmctl.logrelay", "/dev/full", "--max-bytes", "100000", "--backups", "0"],
+        [*RELAY_COMMAND, "/dev/full", "--max-bytes", "100000", "--backups", "0"],
         stdin=subprocess.PIPE,
     )
     chunk = b"x" * 1023 + b"\n"

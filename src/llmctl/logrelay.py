@@ -1,6 +1,8 @@
 """Copy a server's output from a pipe into its log file, rotating by size without losing a line.
 
-    python -m llmctl.logrelay LOG_PATH --max-bytes N --backups K      (reads standard input)
+    python -S -I .../llmctl/logrelay.py LOG_PATH --max-bytes N --backups K      (reads standard input)
+
+It imports nothing but the standard library, so it runs without site-packages.
 
 A server writing straight into a file cannot have that file rotated under it without losing
 what it writes between copy and truncate; so a small relay per instance owns the file instead.
@@ -14,18 +16,19 @@ finishes the old file before opening the new one.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import os
 import signal
 import sys
-from pathlib import Path
+
+# No argparse or pathlib: they would add a third to the weight of a process that lives as long as its server.
+USAGE = "usage: logrelay.py LOG_PATH --max-bytes N --backups K"
 
 CHUNK = 65536
 
 
 class RotatingLog:
-    def __init__(self, path: Path, max_bytes: int, backups: int) -> None:
+    def __init__(self, path: str, max_bytes: int, backups: int) -> None:
         self.path = path
         self.max_bytes = max_bytes
         self.backups = backups
@@ -45,10 +48,10 @@ class RotatingLog:
             os.truncate(self.path, 0)
             return
         for index in range(self.backups - 1, 0, -1):
-            older = self.path.with_name(f"{self.path.name}.{index}")
-            if older.exists():
-                os.replace(older, self.path.with_name(f"{self.path.name}.{index + 1}"))
-        os.replace(self.path, self.path.with_name(f"{self.path.name}.1"))
+            older = f"{self.path}.{index}"
+            if os.path.exists(older):
+                os.replace(older, f"{self.path}.{index + 1}")
+        os.replace(self.path, f"{self.path}.1")
 
     def write(self, data: bytes) -> None:
         """Write whole lines; rotate first when they would push the file past max_bytes."""
@@ -100,17 +103,20 @@ def relay(source: int, log: RotatingLog) -> None:
         log.write(pending + b"\n")
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="llmctl-logrelay")
-    parser.add_argument("path", type=Path)
-    parser.add_argument("--max-bytes", type=int, required=True)
-    parser.add_argument("--backups", type=int, required=True)
-    args = parser.parse_args(argv)
+def main(argv: list[str]) -> int:
+    try:
+        path, max_flag, max_bytes, backups_flag, backups = argv
+        if (max_flag, backups_flag) != ("--max-bytes", "--backups"):
+            raise ValueError
+        limits = int(max_bytes), int(backups)
+    except ValueError:
+        print(USAGE, file=sys.stderr)
+        return 2
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, signal.SIG_IGN)
-    relay(sys.stdin.fileno(), RotatingLog(args.path, max(args.max_bytes, 1024), args.backups))
+    relay(sys.stdin.fileno(), RotatingLog(path, max(limits[0], 1024), limits[1]))
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(sys.argv[1:]))

@@ -62,6 +62,11 @@ def open_log(path: Path) -> int:
     return os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
 
 
+# The relay is a standard-library script run without site-packages (-S -I): one per instance lives as
+# long as its server, so it should weigh what a bare interpreter weighs.
+RELAY_COMMAND = (sys.executable, "-S", "-I", str(Path(__file__).with_name("logrelay.py")))
+
+
 @dataclass(frozen=True)
 class LogLimits:
     max_bytes: int
@@ -80,16 +85,7 @@ def spawn(
     read_end, write_end = os.pipe()
     try:
         relay = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "llmctl.logrelay",
-                str(log_path),
-                "--max-bytes",
-                str(limits.max_bytes),
-                "--backups",
-                str(limits.backups),
-            ],
+            [*RELAY_COMMAND, str(log_path), "--max-bytes", str(limits.max_bytes), "--backups", str(limits.backups)],
             stdin=read_end,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
