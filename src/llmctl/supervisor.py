@@ -430,6 +430,7 @@ class Supervisor:
         instance.health = "ok"
         self._note(instance, message)
         self._save()
+        self._sample(instance)  # so a `status` right after `up` already shows its memory
 
     async def _wait_ready(self, instance: Instance) -> None:
         """Until the backend says ready, the process exits, or start_timeout passes."""
@@ -585,13 +586,19 @@ class Supervisor:
             running = [i for i in self.instances.values() if i.handle is not None and i.state in _RUNNING]
             gpu = self._gpu.by_pid() if running else None
             for instance in running:
-                try:
-                    instance.memory = sample_tree(instance.handle, self._samplers, gpu)  # type: ignore[arg-type]
-                except Exception as exc:  # a sampling error must never hurt supervision
-                    log.debug("sampling %s failed: %s", instance.name, exc)
-                    continue
-                await self._enforce_max_memory(instance)
+                if self._sample(instance, gpu):
+                    await self._enforce_max_memory(instance)
             await asyncio.sleep(SAMPLE_INTERVAL)
+
+    def _sample(self, instance: Instance, gpu: dict[int, int] | None = None) -> bool:
+        if instance.handle is None:
+            return False
+        try:
+            instance.memory = sample_tree(instance.handle, self._samplers, gpu)
+        except Exception as exc:  # a sampling error must never hurt supervision
+            log.debug("sampling %s failed: %s", instance.name, exc)
+            return False
+        return True
 
     async def _enforce_max_memory(self, instance: Instance) -> None:
         """Over max_memory: warn at once; still over after memory_grace seconds: restart per policy."""
