@@ -9,7 +9,6 @@ import fcntl
 import json
 import os
 import socket
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -89,6 +88,8 @@ def ensure_supervisor(paths: StatePaths) -> bool:
 
 
 def _spawn_daemon(paths: StatePaths) -> None:
+    import subprocess  # only here: `llmctl status` never spawns
+
     log_fd = os.open(paths.supervisor_log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
     try:
         daemon = subprocess.Popen(

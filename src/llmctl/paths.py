@@ -6,10 +6,7 @@ state folder. Folders are created 0700 so other users can read neither logs nor 
 
 from __future__ import annotations
 
-import hashlib
 import os
-import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 
 CONFIG_ENV = "LLMCTL_CONFIG"
@@ -23,9 +20,17 @@ def _make_private_dir(path: Path) -> Path:
     return path
 
 
-@dataclass(frozen=True)
 class StatePaths:
-    root: Path
+    """The files of one state folder. (A plain class: `llmctl status` imports this on its fast path,
+    and dataclasses would cost it more than the rest of the module.)"""
+
+    __slots__ = ("root",)
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def __repr__(self) -> str:
+        return f"StatePaths({str(self.root)!r})"
 
     @classmethod
     def default(cls) -> StatePaths:
@@ -71,6 +76,9 @@ class StatePaths:
         if len(os.fsencode(preferred)) <= _MAX_SOCKET_PATH:
             return preferred
         # A deep state folder cannot hold a Unix socket path: use a short, private, per-folder one.
+        import hashlib
+        import tempfile
+
         digest = hashlib.sha256(os.fsencode(self.root)).hexdigest()[:16]
         short_dir = Path(tempfile.gettempdir()) / f"llmctl-{os.getuid()}"
         return _make_private_dir(short_dir) / f"{digest}.sock"
