@@ -14,6 +14,7 @@ from pathlib import Path
 import psutil
 
 from .helpers import (
+    LLMCTL,
     by_name,
     command_instance,
     free_port,
@@ -93,11 +94,17 @@ def test_server_that_never_turns_healthy_times_out(tmp_path):
     assert processes_mentioning(str(port)) == []
 
 
-def test_slow_load_is_not_a_crash(tmp_path):
+def test_slow_load_is_not_a_crash_and_status_answers_during_up(tmp_path, state_dir):
     port = free_port()
-    write_config(tmp_path, "instances:" + command_instance("slow", port, "--load-seconds", "3"))
-    result = llmctl("up", cwd=tmp_path)
-    assert result.returncode == 0, result.stderr
+    write_config(tmp_path, "instances:" + command_instance("slow", port, "--load-seconds", "4"))
+    up = subprocess.Popen([LLMCTL, "up"], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_for(lambda: (state_dir / "supervisor.sock").exists(), timeout=20)
+    during = wait_for(
+        lambda: (i := by_name(status_json(cwd=tmp_path))["slow"])["state"] == "starting" and i, timeout=10
+    )
+    assert during["pid"] and up.poll() is None  # `up` is still waiting while `status` answers
+    _, err = up.communicate(timeout=60)
+    assert up.returncode == 0, err
     assert by_name(status_json(cwd=tmp_path))["slow"]["restarts"] == 0
 
 
