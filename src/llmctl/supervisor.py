@@ -24,8 +24,6 @@ import os
 import random
 import subprocess
 import time
-from collections import deque
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from . import process, state
@@ -33,9 +31,10 @@ from .backends import NotReady, backend_for
 from .budget import Candidate, check_budget, format_bytes
 from .errors import ConfigError, LlmctlError, StartError
 from .httpclient import HttpClient
-from .memory import IS_MACOS, GpuMemory, TreeMemory, default_budget, memory_fields, sample_tree, system_summary
+from .instance import RUNNING_STATES, Instance, describe
+from .memory import IS_MACOS, GpuMemory, default_budget, sample_tree, system_summary
 from .ports import describe_busy_port, port_is_free
-from .redact import redact_argv, redact_env
+from .redact import redact_argv
 from .spec import Config, InstanceSpec
 
 if TYPE_CHECKING:
@@ -43,8 +42,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("llmctl.supervisor")
 
-STATES = ("starting", "healthy", "unhealthy", "backoff", "failed", "stopped")
-_RUNNING = ("starting", "healthy", "unhealthy")
 SAMPLE_INTERVAL = 2.0
 
 
@@ -54,46 +51,6 @@ class StartFailure(Exception):
     def __init__(self, reason: str, *, retry: bool) -> None:
         super().__init__(reason)
         self.retry = retry
-
-
-@dataclass
-class Instance:
-    """Everything the supervisor knows about one instance, live."""
-
-    spec: InstanceSpec
-    state: str = "stopped"
-    popen: subprocess.Popen[bytes] | None = None
-    handle: process.ProcessHandle | None = None
-    relay_popen: subprocess.Popen[bytes] | None = None
-    relay: process.ProcessHandle | None = None
-    pgid: int | None = None
-    started_wall: float | None = None
-    started_mono: float | None = None
-    restarts: int = 0
-    start_failures: int = 0
-    consecutive_failures: int = 0
-    recent_starts: deque[float] = field(default_factory=deque)
-    last_exit: str | None = None
-    last_error: str | None = None
-    health: str | None = None
-    next_start_at: float | None = None
-    task: asyncio.Task[None] | None = None
-    memory: TreeMemory | None = None
-    estimate: int | None = None
-    over_memory_since: float | None = None
-    kill_reason: str | None = None
-
-    @property
-    def name(self) -> str:
-        return self.spec.name
-
-    def clear_process(self) -> None:
-        self.popen = self.handle = self.pgid = None
-        self.relay_popen = self.relay = None
-        self.started_wall = self.started_mono = None
-        self.memory = None
-        self.over_memory_since = None
-        self.health = None
 
 
 class Supervisor:
@@ -184,9 +141,9 @@ class Supervisor:
             known = self.instances.get(spec.name)
             if known is None:
                 self.instances[spec.name] = known = Instance(spec=spec)
-            elif known.state not in _RUNNING and known.task is None:
+            elif known.state not in RUNNING_STATES and known.task is None:
                 known.spec = spec
-            if known.spec == spec and known.state not in _RUNNING:
+            if known.spec == spec and known.state not in RUNNING_STATES:
                 known.estimate = backend_for(spec.backend).estimate_memory(spec)
         return config
 
@@ -195,7 +152,7 @@ class Supervisor:
         in_use = sum(
             instance.memory.value
             for instance in self.instances.values()
-            if instance.memory and instance.state in _RUNNING and instance.name not in starting
+            if instance.memory and instance.state in RUNNING_STATES and instance.name not in starting
         )
         budget = self.memory_budget
         source = f"memory_budget in {self.config_path}"
@@ -213,14 +170,14 @@ class Supervisor:
         to_start = [
             spec
             for spec in selected
-            if self.instances[spec.name].state not in _RUNNING or self.instances[spec.name].spec != spec
+            if self.instances[spec.name].state not in RUNNING_STATES or self.instances[spec.name].spec != spec
         ]
         if not force:
             self._check_budget(to_start)  # before anything starts: all or nothing
         actions: dict[str, str] = {}
         for spec in selected:
             instance = self.instances[spec.name]
-            if instance.state in _RUNNING:
+            if instance.state in RUNNING_STATES:
                 if instance.spec == spec:
                     actions[spec.name] = "running"
                     continue
@@ -234,7 +191,7 @@ class Supervisor:
         return {"actions": actions}
 
     def _check_same_config(self, config: Config) -> None:
-        running = [name for name, instance in self.instances.items() if instance.state in (*_RUNNING, "backoff")]
+        running = [name for name, instance in self.instances.items() if instance.state in (*RUNNING_STATES, "backoff")]
         if self.config_path and self.config_path != config.path and running:
             raise ConfigError(
                 f"this state folder's supervisor serves {self.config_path} ({', '.join(running)} running); "
@@ -261,7 +218,9 @@ class Supervisor:
         return {"actions": {instance.name: "restarting" for instance in targets}}
 
     def status(self) -> dict[str, Any]:
-        instances = [self._describe(instance) for instance in self.instances.values()]
+        instances = [
+            describe(instance, str(self.paths.log_file(instance.name))) for instance in self.instances.values()
+        ]
         return {
             "supervisor": {
                 "pid": os.getpid(),
@@ -282,35 +241,6 @@ class Supervisor:
             known = ", ".join(self.instances) or "none"
             raise ConfigError(f"unknown instance {unknown[0]!r} (known to the supervisor: {known})")
         return [self.instances[name] for name in dict.fromkeys(names)]
-
-    def _describe(self, instance: Instance) -> dict[str, Any]:
-        spec = instance.spec
-        now = time.monotonic()
-        running = instance.handle is not None and instance.state in _RUNNING
-        return {
-            "name": spec.name,
-            "backend": spec.backend,
-            "model": spec.model,
-            "state": instance.state,
-            "pid": instance.handle.pid if running and instance.handle else None,
-            "host": spec.host,
-            "port": spec.port,
-            "url": spec.url,
-            "restarts": instance.restarts,
-            "uptime_s": round(now - instance.started_mono, 3) if running and instance.started_mono else None,
-            **memory_fields(instance.memory if running else None, instance.estimate),
-            "health": instance.health,
-            "start_failures": instance.start_failures,
-            "last_exit": instance.last_exit,
-            "last_error": instance.last_error,
-            "next_restart_in_s": (
-                round(max(0.0, instance.next_start_at - now), 3)
-                if instance.state == "backoff" and instance.next_start_at
-                else None
-            ),
-            "log": str(self.paths.log_file(spec.name)),
-            "env": redact_env(spec.env),
-        }
 
     # -- one instance's lifecycle -------------------------------------------------------------
 
@@ -583,7 +513,7 @@ class Supervisor:
     async def _sample_forever(self) -> None:
         """Memory and CPU of each process tree, every few seconds, so `status` costs nothing."""
         while True:
-            running = [i for i in self.instances.values() if i.handle is not None and i.state in _RUNNING]
+            running = [i for i in self.instances.values() if i.handle is not None and i.state in RUNNING_STATES]
             gpu = self._gpu.by_pid() if running else None
             for instance in running:
                 if self._sample(instance, gpu):
