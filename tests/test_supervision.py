@@ -239,3 +239,18 @@ def test_unknown_instance_name_is_a_usage_error(tmp_path):
         result = llmctl(*command, cwd=tmp_path)
         assert result.returncode == 2, (command, result.stderr)
         assert "'nope'" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_status_after_a_killed_supervisor_whose_servers_died_too(tmp_path, state_dir):
+    port = free_port()
+    write_config(tmp_path, "instances:" + command_instance("fake", port, extra="    restart: {policy: no}\n"))
+    assert llmctl("up", cwd=tmp_path).returncode == 0
+    server = by_name(status_json(cwd=tmp_path))["fake"]["pid"]
+    os.kill(supervisor_pid(state_dir), signal.SIGKILL)
+    os.kill(server, signal.SIGKILL)
+    wait_for(lambda: not psutil.pid_exists(server) or psutil.Process(server).status() == psutil.STATUS_ZOMBIE)
+    status = status_json(cwd=tmp_path)
+    assert status["supervisor"] is None  # nothing to adopt: no supervisor is started for a status
+    assert [(i["name"], i["state"]) for i in status["instances"]] == [("fake", "stopped")]
+    assert llmctl("up", cwd=tmp_path).returncode == 0
+    assert by_name(status_json(cwd=tmp_path))["fake"]["state"] == "healthy"

@@ -7,8 +7,14 @@ import time
 from collections import deque
 from collections.abc import Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 FOLLOW_POLL = 0.1
+
+
+def _open_log(path: Path) -> BinaryIO:
+    """Open a log for reading without following a symlink someone planted in its place."""
+    return os.fdopen(os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC), "rb")
 
 
 def last_lines(path: Path, count: int) -> list[str]:
@@ -16,7 +22,7 @@ def last_lines(path: Path, count: int) -> list[str]:
     if count <= 0:
         return []
     try:
-        with path.open("rb") as log:
+        with _open_log(path) as log:
             log.seek(0, os.SEEK_END)
             end = log.tell()
             block = 65536
@@ -26,7 +32,7 @@ def last_lines(path: Path, count: int) -> list[str]:
                 position = max(0, position - block)
                 log.seek(position)
                 data = log.read(end - position)
-    except FileNotFoundError:
+    except OSError:  # missing, or a symlink (ELOOP): nothing to show
         return []
     lines = data.decode("utf-8", errors="replace").splitlines()
     return lines[-count:]
@@ -37,15 +43,15 @@ class _Follower:
 
     def __init__(self, path: Path, from_end: bool) -> None:
         self.path = path
-        self.handle = None
+        self.handle: BinaryIO | None = None
         self.inode: int | None = None
         self.partial = b""
         self._open(seek_end=from_end)
 
     def _open(self, seek_end: bool) -> None:
         try:
-            handle = self.path.open("rb")
-        except FileNotFoundError:
+            handle = _open_log(self.path)
+        except OSError:
             return
         if self.handle is not None:
             self.handle.close()

@@ -46,9 +46,11 @@ def instance_placeholder(spec: Any, estimate: int | None) -> dict[str, Any]:
 
 
 def has_adoptable_records(paths: StatePaths) -> bool:
-    """Did a supervisor leave servers behind (it was killed)? Then the next command adopts them."""
+    """Did a killed supervisor leave servers running? Then the next command starts one to adopt them."""
+    from .process import ProcessHandle
+
     _, records, _ = state.load_records(paths.state_file)
-    return bool(records)
+    return any(ProcessHandle(record.pid, record.create_time).is_alive() for record in records)
 
 
 def status(paths: StatePaths, config_path: Path, names: list[str]) -> dict[str, Any]:
