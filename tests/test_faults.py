@@ -62,7 +62,9 @@ def test_down_during_backoff_cancels_the_pending_restart(tmp_path):
 
 
 def test_a_reused_pid_is_never_adopted_nor_signalled(tmp_path, state_dir):
-    write_config(tmp_path, "instances:" + command_instance("fake", free_port()))
+    from llmctl.config import load_config
+
+    config_path = write_config(tmp_path, "instances:" + command_instance("fake", free_port()))
     stranger = subprocess.Popen(["sleep", "1000"])
     try:
         state_dir.mkdir(parents=True)
@@ -72,14 +74,18 @@ def test_a_reused_pid_is_never_adopted_nor_signalled(tmp_path, state_dir):
             "create_time": psutil.Process(stranger.pid).create_time() - 1000,  # recorded for an older process
             "pgid": stranger.pid,
             "started_at": time.time() - 1000,
-            "spec": {"name": "fake", "backend": "command", "command": ["x"], "port": 9999, "workdir": str(tmp_path)},
+            "spec": load_config(config_path).instances[0].to_dict(),  # a complete spec: only the identity is wrong
         }
         (state_dir / "state.json").write_text(json.dumps({"version": 1, "config": None, "instances": [record]}))
         status = status_json(cwd=tmp_path)
-        assert status["supervisor"] is not None  # a supervisor started to adopt what was recorded
-        assert status["instances"] == []  # and adopted nothing
+        assert status["supervisor"] is None  # the record names no live server of ours: nothing to adopt
+        assert [(i["name"], i["state"], i["pid"]) for i in status["instances"]] == [("fake", "stopped", None)]
+        # A supervisor that does start reads the record, recognises the stranger, and leaves it alone.
+        assert llmctl("up", cwd=tmp_path).returncode == 0
+        assert by_name(status_json(cwd=tmp_path))["fake"]["pid"] != stranger.pid
         assert llmctl("down", cwd=tmp_path).returncode == 0
         assert stranger.poll() is None  # never signalled
+        assert f"recorded pid {stranger.pid} is gone; not adopting" in (state_dir / "supervisor.log").read_text()
     finally:
         stranger.kill()
         stranger.wait()
