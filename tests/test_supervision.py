@@ -254,3 +254,37 @@ def test_status_after_a_killed_supervisor_whose_servers_died_too(tmp_path, state
     assert [(i["name"], i["state"]) for i in status["instances"]] == [("fake", "stopped")]
     assert llmctl("up", cwd=tmp_path).returncode == 0
     assert by_name(status_json(cwd=tmp_path))["fake"]["state"] == "healthy"
+
+
+def test_up_after_editing_an_instance_recreates_only_that_one(tmp_path):
+    ports = [free_port(), free_port()]
+    write_config(tmp_path, "instances:" + command_instance("a", ports[0]) + command_instance("b", ports[1]))
+    assert llmctl("up", cwd=tmp_path).returncode == 0
+    before = {name: i["pid"] for name, i in by_name(status_json(cwd=tmp_path)).items()}
+    edited = command_instance("a", ports[0], "--load-seconds", "0.5") + command_instance("b", ports[1])
+    write_config(tmp_path, "instances:" + edited)
+    result = llmctl("up", "--json", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["actions"] == {"a": "recreated", "b": "running"}
+    after = {name: i["pid"] for name, i in by_name(status_json(cwd=tmp_path)).items()}
+    assert after["a"] != before["a"] and after["b"] == before["b"]
+
+
+def test_logs_of_several_instances_interleave_with_a_prefix_and_follow(tmp_path):
+    ports = [free_port(), free_port()]
+    write_config(tmp_path, "instances:" + command_instance("one", ports[0]) + command_instance("two", ports[1]))
+    assert llmctl("up", cwd=tmp_path).returncode == 0
+    shown = llmctl("logs", "one", "two", "-n", "5", cwd=tmp_path).stdout.splitlines()
+    assert any(line.startswith("one | fake server") for line in shown)
+    assert any(line.startswith("two | fake server") for line in shown)
+    follower = subprocess.Popen(
+        [LLMCTL, "logs", "two", "-f", "-n", "0"], cwd=tmp_path, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        time.sleep(1.5)  # the follower is reading before the restart writes its lines
+        assert llmctl("restart", "two", cwd=tmp_path).returncode == 0
+        time.sleep(0.5)
+    finally:
+        follower.terminate()
+    followed = follower.communicate(timeout=10)[0]
+    assert "stopping" in followed and "starting:" in followed and "fake server listening" in followed
