@@ -113,6 +113,11 @@ def settle(instance: dict[str, Any]) -> str:
     return PENDING
 
 
+def current(paths: StatePaths, names: list[str]) -> list[dict[str, Any]]:
+    """The named instances as the running supervisor sees them now."""
+    return select(client.request(paths, {"op": "status"})["instances"], names)
+
+
 def wait_until_settled(
     paths: StatePaths,
     names: list[str],
@@ -122,7 +127,7 @@ def wait_until_settled(
     """Poll until every named instance is healthy or one failed; (instances, timed_out)."""
     deadline = None if timeout is None else time.monotonic() + timeout
     while True:
-        instances = select(client.request(paths, {"op": "status"})["instances"], names)
+        instances = current(paths, names)
         if on_update:
             on_update(instances)
         outcomes = [settle(instance) for instance in instances]

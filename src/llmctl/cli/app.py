@@ -124,10 +124,7 @@ def _report_up(
         if wait:
             instances, timed_out = service.wait_until_settled(paths, names, timeout, progress.update)
         else:
-            instances, timed_out = (
-                service.select(service.client.request(paths, {"op": "status"})["instances"], names),
-                False,
-            )
+            instances, timed_out = service.current(paths, names), False
     except KeyboardInterrupt:
         progress.close()
         _stderr("llmctl: interrupted; the instances keep starting under the supervisor (`llmctl down` stops them)")

@@ -72,6 +72,8 @@ def row(instance: dict[str, Any]) -> list[str]:
     health = instance.get("health") or "-"
     if instance.get("state") in ("failed", "backoff") and instance.get("last_error"):
         health = instance["last_error"]
+    elif instance.get("restarts") and instance.get("last_exit"):
+        health += f" (last exit: {instance['last_exit'].removeprefix('the server ')})"
     return [
         instance["name"],
         instance["backend"],
