@@ -288,3 +288,26 @@ def test_logs_of_several_instances_interleave_with_a_prefix_and_follow(tmp_path)
         follower.terminate()
     followed = follower.communicate(timeout=10)[0]
     assert "stopping" in followed and "starting:" in followed and "fake server listening" in followed
+
+
+def test_up_timeout_gives_up_waiting_but_leaves_the_instance_starting(tmp_path):
+    port = free_port()
+    write_config(tmp_path, "instances:" + command_instance("slow", port, "--load-seconds", "30"))
+    started = time.monotonic()
+    result = llmctl("up", "--timeout", "1", cwd=tmp_path)
+    assert result.returncode == 1
+    assert "timed out after 1s waiting for slow (they keep starting)" in result.stderr
+    assert time.monotonic() - started < 10
+    assert by_name(status_json(cwd=tmp_path))["slow"]["state"] == "starting"
+
+
+def test_status_watch_refreshes_until_interrupted(tmp_path):
+    write_config(tmp_path, "instances:" + command_instance("a", free_port()))
+    watch = subprocess.Popen(
+        [LLMCTL, "status", "--watch", "--json", "--interval", "0.2"], cwd=tmp_path, stdout=subprocess.PIPE, text=True
+    )
+    time.sleep(2.5)
+    watch.send_signal(signal.SIGINT)
+    out, _ = watch.communicate(timeout=10)
+    assert watch.returncode == 0
+    assert out.count('"instances"') >= 3
