@@ -128,6 +128,8 @@ def test_top_level_mistakes(tmp_path):
     assert "top level must be a mapping" in config_error(tmp_path, "- a\n- b\n")
     assert "instances: Input should be a valid list" in config_error(tmp_path, "instances: 3\n")
     assert "unknown key 'instanses'" in config_error(tmp_path, "instanses: []\n")
+    # Found by hypothesis: a key holding a newline must not break the one-line error.
+    assert "defaults.\\n: unknown key" in config_error(tmp_path, 'defaults: {"\\n": 1}\ninstances: []\n')
 
 
 def test_missing_config_file_names_the_ways_to_give_one(tmp_path):

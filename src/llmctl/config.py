@@ -434,4 +434,6 @@ def _describe(document: Any, location: tuple[Any, ...], message: str) -> str:
 
 
 def _located(path: Path, line: int | None, message: str) -> str:
+    # One line, whatever the file holds: a key or value with a newline or control character is escaped.
+    message = "".join(char if char.isprintable() else repr(char)[1:-1] for char in message)
     return f"{path}:{line}: {message}" if line else f"{path}: {message}"

@@ -18,9 +18,8 @@ import os
 from typing import TYPE_CHECKING, Any
 
 from . import __version__
-from .errors import ConfigError
+from .errors import ConfigError, LlmctlError
 from .spec import Config
-from .supervisor import as_error
 
 if TYPE_CHECKING:
     from .supervisor import Supervisor
@@ -101,3 +100,10 @@ async def _dispatch(supervisor: Supervisor, request: dict[str, Any]) -> dict[str
         config = _config(request) if request.get("config") is not None else None
         return {"ok": True, **await supervisor.restart(names, config)}
     raise ConfigError(f"unknown operation {op!r}")
+
+
+def as_error(exc: BaseException) -> dict[str, Any]:
+    if isinstance(exc, LlmctlError):
+        return {"ok": False, "error": str(exc), "exit_code": exc.exit_code}
+    log.exception("internal error")
+    return {"ok": False, "error": f"internal error in the supervisor: {exc!r}", "exit_code": 1}

@@ -17,9 +17,10 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import IO
 
+from .control import serve
 from .errors import SupervisorError
 from .paths import StatePaths
-from .supervisor import Supervisor, run_control_server
+from .supervisor import Supervisor
 
 
 def acquire_supervisor_lock(paths: StatePaths) -> IO[str]:
@@ -46,7 +47,7 @@ async def run_supervisor(paths: StatePaths, on_started: Callable[[Supervisor], A
         loop.add_signal_handler(signal.SIGHUP, lambda: None)
         extra = asyncio.ensure_future(on_started(supervisor)) if on_started else None
         try:
-            await run_control_server(supervisor)
+            await serve(supervisor)
         finally:
             if extra is not None:
                 extra.cancel()

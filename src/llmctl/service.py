@@ -10,39 +10,20 @@ from typing import TYPE_CHECKING, Any
 from . import client, state
 from .errors import ConfigError
 from .paths import StatePaths
-from .redact import redact_env
 
 if TYPE_CHECKING:
-    from .spec import Config
+    from .spec import Config, InstanceSpec
 
 WAIT_POLL = 0.03
 # While waiting in `up`: an instance is settled when healthy, or failed, or retrying after a failed start.
 OK, FAILED, PENDING = "ok", "failed", "pending"
 
 
-def instance_placeholder(spec: Any, estimate: int | None) -> dict[str, Any]:
-    from .memory import memory_fields
+def instance_placeholder(spec: InstanceSpec, estimate: int | None, paths: StatePaths) -> dict[str, Any]:
+    """A configured instance no supervisor knows: described exactly as the supervisor would, stopped."""
+    from .instance import Instance, describe
 
-    return {
-        "name": spec.name,
-        "backend": spec.backend,
-        "model": spec.model,
-        "state": "stopped",
-        "pid": None,
-        "host": spec.host,
-        "port": spec.port,
-        "url": spec.url,
-        "restarts": 0,
-        "uptime_s": None,
-        **memory_fields(None, estimate),
-        "health": None,
-        "start_failures": 0,
-        "last_exit": None,
-        "last_error": None,
-        "next_restart_in_s": None,
-        "log": None,
-        "env": redact_env(spec.env),
-    }
+    return describe(Instance(spec=spec, estimate=estimate), str(paths.log_file(spec.name)))
 
 
 def has_adoptable_records(paths: StatePaths) -> bool:
@@ -68,7 +49,7 @@ def status(paths: StatePaths, config_path: Path, names: list[str]) -> dict[str, 
 
     config = load_config(config_path)
     specs = config.select(names)
-    instances = [instance_placeholder(spec, backend_for(spec.backend).estimate_memory(spec)) for spec in specs]
+    instances = [instance_placeholder(spec, backend_for(spec.backend).estimate_memory(spec), paths) for spec in specs]
     return {"supervisor": None, "system": system_summary(instances, config.memory_budget), "instances": instances}
 
 

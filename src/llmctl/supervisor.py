@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 from . import process, state
 from .backends import NotReady, backend_for
 from .budget import Candidate, check_budget, format_bytes
-from .errors import ConfigError, LlmctlError, StartError
+from .errors import ConfigError, StartError
 from .httpclient import HttpClient
 from .instance import RUNNING_STATES, Instance, describe
 from .memory import IS_MACOS, GpuMemory, default_budget, sample_tree, system_summary
@@ -552,21 +552,7 @@ class Supervisor:
             await self._terminate(instance)
 
 
-async def run_control_server(supervisor: Supervisor) -> None:
-    """Serve the control API until a shutdown is requested."""
-    from .control import serve
-
-    await serve(supervisor)
-
-
 def _own_rss() -> int:
     import psutil
 
     return int(psutil.Process().memory_info().rss)
-
-
-def as_error(exc: BaseException) -> dict[str, Any]:
-    if isinstance(exc, LlmctlError):
-        return {"ok": False, "error": str(exc), "exit_code": exc.exit_code}
-    log.exception("internal error")
-    return {"ok": False, "error": f"internal error in the supervisor: {exc!r}", "exit_code": 1}
