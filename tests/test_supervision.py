@@ -311,3 +311,17 @@ def test_status_watch_refreshes_until_interrupted(tmp_path):
     out, _ = watch.communicate(timeout=10)
     assert watch.returncode == 0
     assert out.count('"instances"') >= 3
+
+
+def test_a_server_listening_beyond_loopback_is_warned_about(tmp_path):
+    port = free_port()
+    text = (
+        command_instance("open", port)
+        .replace("--port", "--port")
+        .replace(f"    port: {port}\n", f"    port: {port}\n    host: 0.0.0.0\n")
+    )
+    write_config(tmp_path, "instances:" + text)
+    result = llmctl("up", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "llmctl: warning: open listens on 0.0.0.0: other machines can reach it" in result.stderr
+    assert by_name(status_json(cwd=tmp_path))["open"]["url"] == f"http://127.0.0.1:{port}"

@@ -63,8 +63,8 @@ def select(instances: list[dict[str, Any]], names: list[str]) -> list[dict[str, 
     return [by_name[name] for name in dict.fromkeys(names)]
 
 
-def up(paths: StatePaths, config_path: Path, names: list[str], force: bool = False) -> dict[str, str]:
-    """Ask the supervisor (started if needed) to start what is not running; returns its actions.
+def up(paths: StatePaths, config_path: Path, names: list[str], force: bool = False) -> tuple[dict[str, str], list[str]]:
+    """Ask the supervisor (started if needed) to start what is not running: (its actions, warnings).
 
     The config is validated here, before any supervisor starts, and sent validated: the supervisor
     never imports the schema.
@@ -73,7 +73,20 @@ def up(paths: StatePaths, config_path: Path, names: list[str], force: bool = Fal
     client.ensure_supervisor(paths)
     request = {"op": "up", "config": config.to_dict(), "names": names, "force": force}
     answer = client.request(paths, request, timeout=None)
-    return answer["actions"]
+    return answer["actions"], exposure_warnings(config.select(names))
+
+
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1", "[::1]")
+
+
+def exposure_warnings(specs: list[InstanceSpec]) -> list[str]:
+    """Instances listening beyond this machine: the user asked for it, but should know."""
+    return [
+        f"{spec.name} listens on {spec.host}: other machines can reach it"
+        + (" (consider llama-server's --api-key-file)" if spec.backend == "llama.cpp" else "")
+        for spec in specs
+        if spec.host not in LOOPBACK_HOSTS and not spec.host.startswith("127.")
+    ]
 
 
 def _validated(config_path: Path, names: list[str]) -> Config:

@@ -102,7 +102,9 @@ def up(
     wanted = list(names or [])
     if foreground:
         raise typer.Exit(_run_foreground(paths, _config(file), wanted, force))
-    actions = service.up(paths, _config_path(file), wanted, force)
+    actions, warnings = service.up(paths, _config_path(file), wanted, force)
+    for warning in warnings:
+        _stderr(f"llmctl: warning: {warning}")
     selected = wanted or list(actions)
     if no_wait:
         _report_up(paths, selected, actions, json_output, wait=False, timeout=None)
