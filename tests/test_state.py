@@ -75,7 +75,8 @@ def test_ctrl_c_during_up_leaves_the_instance_supervised(tmp_path):
     write_config(tmp_path, "instances:" + command_instance("slow", port, "--load-seconds", "3"))
     up = subprocess.Popen([LLMCTL, "up"], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     wait_for(lambda: (tmp_path / "state" / "supervisor.sock").exists(), timeout=20)
-    time.sleep(0.5)
+    wait_for(lambda: by_name(status_json(cwd=tmp_path))["slow"]["state"] == "starting", timeout=20)
+    time.sleep(0.3)  # `up` is now in its wait loop
     up.send_signal(signal.SIGINT)
     _, err = up.communicate(timeout=20)
     assert up.returncode == 130, err
