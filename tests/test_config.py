@@ -197,3 +197,10 @@ def test_arbitrary_text_never_raises_anything_but_a_config_error(tmp_path, text)
         parse_config(text, tmp_path / "instances.yaml")
     except ConfigError as exc:
         assert "\n" not in str(exc)
+
+
+def test_version_and_help_answer_without_a_config(tmp_path):
+    version = llmctl("--version", cwd=tmp_path)
+    assert version.returncode == 0 and version.stdout.startswith("llmctl ")
+    assert llmctl("--help", cwd=tmp_path).returncode == 0
+    assert llmctl("no-such-command", cwd=tmp_path).returncode == 2

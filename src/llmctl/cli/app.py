@@ -53,8 +53,21 @@ class _Globals:
     config_file: Path | None = None
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from .. import __version__
+
+        print(f"llmctl {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
-def _global_options(file: FileOption = None) -> None:
+def _global_options(
+    file: FileOption = None,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_print_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
     """Global options, accepted before the command too."""
     _Globals.config_file = file
 
