@@ -50,6 +50,7 @@ async def serve(supervisor: Supervisor) -> None:
 
 
 async def _handle(supervisor: Supervisor, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    request: Any = None
     try:
         line = await reader.readline()
         try:
@@ -59,7 +60,7 @@ async def _handle(supervisor: Supervisor, reader: asyncio.StreamReader, writer: 
             response = await _dispatch(supervisor, request)
         except ValueError as exc:
             response = {"ok": False, "error": f"bad request: {exc}", "exit_code": 2}
-        except Exception as exc:
+        except Exception as exc:  # every failure becomes an answer, never a dead supervisor
             response = as_error(exc)
         writer.write(json.dumps(response).encode() + b"\n")
         await writer.drain()
@@ -67,7 +68,8 @@ async def _handle(supervisor: Supervisor, reader: asyncio.StreamReader, writer: 
         pass
     finally:
         writer.close()
-    if request_is_full_shutdown(locals().get("request")):
+    # After answering: the client waits for this reply before the supervisor goes away.
+    if request_is_full_shutdown(request):
         supervisor.shutdown_requested.set()
 
 

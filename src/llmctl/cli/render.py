@@ -11,6 +11,8 @@ import sys
 from pathlib import Path
 from typing import Any, TextIO
 
+from .. import budget
+
 COLUMNS = (
     "NAME",
     "BACKEND",
@@ -36,14 +38,7 @@ STATE_STYLES = {
 
 
 def format_bytes(value: int | None) -> str:
-    if value is None:
-        return "-"
-    size = float(value)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if size < 1024 or unit == "GiB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{size:.1f} GiB"
+    return "-" if value is None else budget.format_bytes(value)
 
 
 def format_duration(seconds: float | None) -> str:
