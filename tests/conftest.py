@@ -51,6 +51,7 @@ def llama_server() -> str:
 def state_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     state = tmp_path / "state"
     monkeypatch.setenv("LLMCTL_STATE_DIR", str(state))
+    monkeypatch.setenv("LLMCTL_STRICT_STATES", "1")  # an edge outside the state table raises
     monkeypatch.delenv("LLMCTL_CONFIG", raising=False)
     yield state
     _stop_everything(state, tmp_path)

@@ -11,6 +11,7 @@ import time
 
 from llmctl.config import parse_config
 from llmctl.paths import StatePaths
+from llmctl.states import State
 from llmctl.supervisor import Supervisor
 
 from .helpers import FAKE_SERVER, free_port
@@ -41,7 +42,7 @@ def test_wall_clock_jumps_change_neither_backoff_nor_crash_loop_nor_uptime(tmp_p
             )
             started = time.monotonic()
             await supervisor.up(crashing, [])
-            while supervisor.instances["crashy"].state != "failed":
+            while supervisor.runners["crashy"].state is not State.FAILED:
                 assert time.monotonic() - started < 20, "stuck in backoff"
                 await asyncio.sleep(0.05)
             took = time.monotonic() - started

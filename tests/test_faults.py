@@ -47,18 +47,30 @@ def test_hung_server_is_detected_by_its_probes_and_replaced(tmp_path):
 
 def test_down_during_backoff_cancels_the_pending_restart(tmp_path):
     port = free_port()
-    write_config(
-        tmp_path,
-        "instances:"
-        + command_instance("fake", port, extra="    restart: {policy: always, backoff: 2, max_backoff: 2}\n"),
-    )
-    assert llmctl("up", cwd=tmp_path).returncode == 0
-    os.kill(by_name(status_json(cwd=tmp_path))["fake"]["pid"], signal.SIGKILL)
-    wait_for(lambda: by_name(status_json(cwd=tmp_path))["fake"]["state"] == "backoff", timeout=10)
+    restart = "    restart: {policy: always, backoff: 2, max_backoff: 2}\n"
+    write_config(tmp_path, "instances:" + command_instance("fake", port, "--exit-at-once", "1", extra=restart))
+    assert llmctl("up", cwd=tmp_path).returncode == 1  # its start failed; it waits to try again
+    assert by_name(status_json(cwd=tmp_path))["fake"]["state"] == "backoff"
     assert llmctl("down", "fake", cwd=tmp_path).returncode == 0
     time.sleep(2 * 2.4)  # twice the largest backoff (with jitter)
     assert by_name(status_json(cwd=tmp_path))["fake"]["state"] == "stopped"
     assert processes_mentioning(f"--port {port}") == [] and processes_mentioning(str(port)) == []
+
+
+def test_the_first_crash_of_a_healthy_server_restarts_at_once(tmp_path):
+    """Backoff grows only for failures in a row: a server that was healthy is replaced at once, even
+    with a long `backoff`."""
+    port = free_port()
+    restart = "    restart: {policy: always, backoff: 30, max_backoff: 30}\n"
+    write_config(tmp_path, "instances:" + command_instance("fake", port, extra=restart))
+    assert llmctl("up", cwd=tmp_path).returncode == 0
+    old = by_name(status_json(cwd=tmp_path))["fake"]["pid"]
+    os.kill(old, signal.SIGKILL)
+    instance = wait_for(
+        lambda: (i := by_name(status_json(cwd=tmp_path))["fake"])["state"] == "healthy" and i["pid"] != old and i,
+        timeout=5,
+    )
+    assert instance["restarts"] == 1
 
 
 def test_a_reused_pid_is_never_adopted_nor_signalled(tmp_path, state_dir):

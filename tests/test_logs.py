@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import itertools
+import os
 import re
 import subprocess
+import sys
 import time
 
 from .helpers import LLMCTL, command_instance, free_port, llmctl, write_config
@@ -45,21 +47,49 @@ def test_flooding_server_is_rotated_and_a_follower_loses_no_line(tmp_path, state
     assert kept == list(range(kept[0], kept[0] + len(kept)))  # contiguous across the rotated files
 
 
-def test_relay_keeps_draining_when_the_disk_is_full():
-    """On a full disk the relay drops lines but keeps reading, so a server never blocks on output."""
-    from llmctl.process import RELAY_COMMAND
+HUB_WITH_A_FULL_DISK = """
+import resource, signal, sys, runpy
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, 100_000))  # past 100 kB every write fails, like a full disk
+sys.argv = ["logrelay.py", *sys.argv[1:]]
+runpy.run_path({hub!r}, run_name="__main__")
+"""
 
-    relay = subprocess.Popen(
-        [*RELAY_COMMAND, "/dev/full", "--max-bytes", "100000", "--backups", "0"],
-        stdin=subprocess.PIPE,
+
+def test_log_hub_keeps_draining_when_the_disk_is_full(tmp_path):
+    """On a full disk the hub drops lines but keeps reading, so a server never blocks on output."""
+    from llmctl import logrelay
+
+    pipes, logs = tmp_path / "pipes", tmp_path / "logs"
+    pipes.mkdir()
+    logs.mkdir()
+    os.mkfifo(pipes / "flood.fifo", 0o600)
+    hub = subprocess.Popen(
+        [sys.executable, "-c", HUB_WITH_A_FULL_DISK.format(hub=logrelay.__file__), str(pipes), str(logs)]
     )
-    chunk = b"x" * 1023 + b"\n"
-    started = time.monotonic()
-    for _ in range(10 * 1024):  # 10 MiB, far more than a pipe buffer holds
-        relay.stdin.write(chunk)
-    relay.stdin.close()
-    assert relay.wait(timeout=30) == 0
-    assert time.monotonic() - started < 30
+    try:
+        writer = os.open(pipes / "flood.fifo", os.O_WRONLY)  # blocks until the hub opened it
+        chunk = b"x" * 1023 + b"\n"
+        started = time.monotonic()
+        for _ in range(10 * 1024):  # 10 MiB, far more than a pipe buffer holds
+            os.write(writer, chunk)
+        os.close(writer)
+        assert time.monotonic() - started < 30
+        assert hub.poll() is None  # still serving
+        assert 0 < (logs / "flood.log").stat().st_size <= 100_000
+    finally:
+        hub.terminate()
+        hub.wait(timeout=10)
+
+
+def test_over_long_lines_are_split_with_a_marker():
+    from llmctl.logrelay import SPLIT_MARKER, split_lines
+
+    out, rest = split_lines(b"", b"short\n" + b"y" * 25 + b"\nz" + b"w" * 30, max_line=10)
+    pieces = (b"y" * 10 + SPLIT_MARKER) * 2 + b"yyyyy\n" + b"z" + b"w" * 9 + SPLIT_MARKER + (b"w" * 10 + SPLIT_MARKER) * 2
+    assert out == b"short\n" + pieces
+    assert rest == b"w"  # an unfinished line waits for its end, never longer than max_line
+    assert all(len(line) <= 10 + len(SPLIT_MARKER) for line in out.splitlines(keepends=True))
 
 
 def test_a_planted_symlink_is_not_followed(tmp_path, state_dir):

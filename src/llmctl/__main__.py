@@ -1,29 +1,42 @@
 """Entry point of the `llmctl` command.
 
-`llmctl status` runs in script loops, so its common forms are answered here with the standard
-library, the control socket and json alone; anything else (help, --watch, no supervisor yet,
-errors) goes to the full Typer CLI, which gives the same output more slowly.
+`llmctl status` runs in script loops and `llmctl up` at the top of every dev script, so their
+common forms are answered here without Typer (whose import alone costs ~100 ms): the standard
+library, the control socket, the config cache and the plain renderer. Anything else (help,
+--watch, --foreground, an option these parsers do not know) goes to the full Typer CLI, which
+gives the same output more slowly.
 """
 
 from __future__ import annotations
 
 import sys
+from typing import Any
+
+
+def _parse(argv: list[str], flags: set[str], valued: dict[str, str]) -> dict[str, Any] | None:
+    """{"names": [...], flag: True, option: value}, or None for anything unusual."""
+    parsed: dict[str, Any] = {"names": []}
+    args = iter(argv)
+    for arg in args:
+        name, has_value, value = arg.partition("=")
+        if arg in flags:
+            parsed[arg] = True
+        elif name in valued:
+            value = value if has_value else next(args, None)
+            if value is None:
+                return None
+            parsed[valued[name]] = value
+        elif arg.startswith("-"):
+            return None
+        else:
+            parsed["names"].append(arg)
+    return parsed
 
 
 def _fast_status(argv: list[str]) -> int | None:
     """Exit code if `status [--json] [NAMES]` could be answered by a running supervisor, else None."""
-    if not argv or argv[0] != "status":
-        return None
-    names: list[str] = []
-    as_json = False
-    for arg in argv[1:]:
-        if arg == "--json":
-            as_json = True
-        elif arg.startswith("-"):
-            return None  # options the fast path does not handle: -f, --watch, --help, ...
-        else:
-            names.append(arg)
-    if not as_json and sys.stdout.isatty():
+    parsed = _parse(argv, {"--json"}, {})
+    if parsed is None or (not parsed.get("--json") and sys.stdout.isatty()):
         return None  # a terminal gets the Rich table
     from . import client
     from .errors import LlmctlError
@@ -33,21 +46,62 @@ def _fast_status(argv: list[str]) -> int | None:
         answer = client.request(StatePaths.default(), {"op": "status"}, timeout=10.0)
     except LlmctlError:
         return None
-    instances = answer["instances"]
-    if names:
-        by_name = {instance["name"]: instance for instance in instances}
-        if any(name not in by_name for name in names):
-            return None
-        instances = [by_name[name] for name in dict.fromkeys(names)]
+    from .statusdoc import document, select
+
+    instances, unknown = select(answer["instances"], parsed["names"])
+    if unknown:
+        return None  # the full path shows a configured instance the supervisor never ran, or the error
     from .cli.render import write_status
 
-    status = {"supervisor": answer["supervisor"], "system": answer.get("system"), "instances": instances}
-    write_status(status, as_json=as_json)
+    write_status(document(answer["supervisor"], answer.get("system"), instances), as_json=bool(parsed.get("--json")))
     return 0
 
 
+def _fast_up(argv: list[str]) -> int | None:
+    parsed = _parse(
+        argv, {"--json", "--no-wait", "--force"}, {"--timeout": "timeout", "--file": "file", "-f": "file"}
+    )
+    if parsed is None:
+        return None
+    try:
+        timeout = float(parsed["timeout"]) if "timeout" in parsed else None
+    except ValueError:
+        return None  # Typer words the error
+    if timeout is not None and timeout < 0:
+        return None
+    from . import service
+    from .cli.report import report_error, report_settled
+    from .errors import LlmctlError
+    from .paths import StatePaths, find_config_path
+
+    as_json = bool(parsed.get("--json"))
+    names: list[str] = parsed["names"]
+    try:
+        paths = StatePaths.default()
+        actions, warnings = service.up(paths, find_config_path(parsed.get("file")), names, bool(parsed.get("--force")))
+        for warning in warnings:
+            sys.stderr.write(f"llmctl: warning: {warning}\n")
+        if not as_json:
+            for name in (name for name, action in actions.items() if action == "recreated"):
+                sys.stderr.write(f"llmctl: {name}: its config changed; recreated\n")
+        wait = not parsed.get("--no-wait")
+        return report_settled(paths, names or list(actions), actions, as_json, wait=wait, timeout=timeout)
+    except LlmctlError as exc:
+        report_error(exc, as_json)
+        return exc.exit_code
+
+
+FAST_COMMANDS = {"status": _fast_status, "up": _fast_up}
+
+
 def main() -> None:
-    code = _fast_status(sys.argv[1:])
+    argv = sys.argv[1:]
+    fast = FAST_COMMANDS.get(argv[0]) if argv else None
+    try:
+        code = fast(argv[1:]) if fast else None
+    except KeyboardInterrupt:
+        sys.stderr.write("llmctl: interrupted\n")
+        code = 130
     if code is not None:
         sys.exit(code)
     from .cli.app import run

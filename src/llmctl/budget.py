@@ -4,11 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .errors import StartError
-
-
-class BudgetExceeded(StartError):
-    """Starting these instances would take more memory than the budget allows."""
+from .errors import BudgetExceeded
 
 
 @dataclass(frozen=True)

@@ -11,10 +11,11 @@ import os
 import socket
 import sys
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from .errors import LlmctlError, SupervisorError
+from .errors import SupervisorError, from_kind
 from .paths import StatePaths
 
 SUPERVISOR_START_TIMEOUT = 15.0
@@ -23,42 +24,69 @@ SUPERVISOR_START_TIMEOUT = 15.0
 class SupervisorNotRunning(SupervisorError):
     """No supervisor answers on this state folder's socket."""
 
+    kind = "supervisor_not_running"
 
-def request(paths: StatePaths, payload: dict[str, Any], timeout: float | None = 30.0) -> dict[str, Any]:
-    """Send one request; raise the error the supervisor reports, with its exit code."""
+
+def request(
+    paths: StatePaths,
+    payload: dict[str, Any],
+    timeout: float | None = 30.0,
+    on_event: Callable[[dict[str, Any]], None] | None = None,
+) -> dict[str, Any]:
+    """Send one request; return the answer, or raise the error the supervisor reported, as its class.
+
+    Lines the supervisor sends before its answer (progress events) go to `on_event`.
+    """
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as connection:
             connection.settimeout(timeout)
             connection.connect(str(paths.socket))
             connection.sendall(json.dumps(payload).encode() + b"\n")
-            answer = _read_line(connection)
+            for line in _lines(connection):
+                response = _decode(line)
+                if "event" in response and "ok" not in response:
+                    if on_event is not None:
+                        on_event(response)
+                    continue
+                break
+            else:
+                raise SupervisorError("the supervisor closed the connection without an answer")
     except (FileNotFoundError, ConnectionRefusedError):
         raise SupervisorNotRunning(f"no supervisor is running for {paths.root}") from None
     except TimeoutError:
         raise SupervisorError(f"the supervisor for {paths.root} did not answer in {timeout:g}s") from None
     except OSError as exc:
         raise SupervisorError(f"cannot reach the supervisor at {paths.socket}: {exc.strerror or exc}") from None
-    try:
-        response = json.loads(answer)
-    except ValueError:
-        raise SupervisorError("the supervisor sent an unreadable answer") from None
     if not response.get("ok"):
-        error = LlmctlError(response.get("error", "the supervisor reported an error"))
-        error.exit_code = int(response.get("exit_code", 1))
-        raise error
+        error = response.get("error")
+        if not isinstance(error, dict):
+            raise SupervisorError("the supervisor sent an unreadable error")
+        raise from_kind(error.get("kind"), str(error.get("message", "the supervisor reported an error")))
     return response
 
 
-def _read_line(connection: socket.socket) -> bytes:
-    chunks = []
+def _decode(line: bytes) -> dict[str, Any]:
+    try:
+        response = json.loads(line)
+    except ValueError:
+        raise SupervisorError("the supervisor sent an unreadable answer") from None
+    if not isinstance(response, dict):
+        raise SupervisorError("the supervisor sent an unreadable answer")
+    return response
+
+
+def _lines(connection: socket.socket) -> Iterator[bytes]:
+    buffer = b""
     while True:
         chunk = connection.recv(65536)
         if not chunk:
-            break
-        chunks.append(chunk)
-        if chunk.endswith(b"\n"):
-            break
-    return b"".join(chunks)
+            if buffer.strip():
+                yield buffer
+            return
+        buffer += chunk
+        while b"\n" in buffer:
+            line, buffer = buffer.split(b"\n", 1)
+            yield line
 
 
 def is_running(paths: StatePaths) -> bool:

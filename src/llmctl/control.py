@@ -1,12 +1,18 @@
 """The control API: one JSON request per connection on a Unix socket only this user can open.
 
-    -> {"op": "status"}                              <- {"ok": true, ...}
-    -> {"op": "up", "config": {validated config}, "names": [...], "force": false}  <- {"ok": true, "actions": {...}}
-    -> {"op": "down", "names": [...]}                 (no names: everything, then the supervisor exits)
-    -> {"op": "restart", "names": [...]}
-    -> {"op": "ping"}
+    -> {"op": "ping"}                                   <- {"ok": true, "pid": ..., "version": ...}
+    -> {"op": "status"}                                 <- {"ok": true, <status document>}
+    -> {"op": "up", "config": {...}, "names": [...], "force": false}     <- {"ok": true, "actions": {...}}
+    -> {"op": "down", "names": [...]}                   (no names: everything, then the supervisor exits)
+    -> {"op": "restart", "names": [...], "config": {...}}
+    -> {"op": "wait", "names": [...], "timeout": S, "progress": false}
+       <- {"ok": true, "timed_out": false, "instances": [...]} once every named instance has settled;
+          with "progress": true, first one {"event": "progress", "instances": [...]} line per change.
 
-Fixed verbs only: nothing here runs a command a client names.
+A failure answers {"ok": false, "error": {"kind": ..., "message": ..., "exit_code": ...}}; the kind
+names the error class (llmctl.errors), so the client raises what the supervisor raised. Only a
+request the supervisor cannot read is a `bad_request`. Fixed verbs only: nothing here runs a command
+a client names.
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ import os
 from typing import TYPE_CHECKING, Any
 
 from . import __version__
-from .errors import ConfigError, LlmctlError
+from .errors import BadRequest, InternalError, LlmctlError, as_payload
 from .spec import Config
 
 if TYPE_CHECKING:
@@ -51,26 +57,43 @@ async def serve(supervisor: Supervisor) -> None:
 
 async def _handle(supervisor: Supervisor, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
     request: Any = None
-    try:
-        line = await reader.readline()
-        try:
-            request = json.loads(line)
-            if not isinstance(request, dict):
-                raise ValueError("not an object")
-            response = await _dispatch(supervisor, request)
-        except ValueError as exc:
-            response = {"ok": False, "error": f"bad request: {exc}", "exit_code": 2}
-        except Exception as exc:  # every failure becomes an answer, never a dead supervisor
-            response = as_error(exc)
-        writer.write(json.dumps(response).encode() + b"\n")
+
+    async def send(payload: dict[str, Any]) -> None:
+        writer.write(json.dumps(payload).encode() + b"\n")
         await writer.drain()
+
+    try:
+        try:
+            request = _parse(await reader.readline())
+            response = {"ok": True, **await _dispatch(supervisor, request, send)}
+        except LlmctlError as exc:
+            response = {"ok": False, "error": as_payload(exc)}
+        except (ConnectionError, asyncio.IncompleteReadError):
+            raise
+        except Exception as exc:  # every failure becomes an answer, never a dead supervisor
+            log.exception("internal error")
+            response = {"ok": False, "error": as_payload(InternalError(f"internal error in the supervisor: {exc!r}"))}
+        await send(response)
     except (ConnectionError, asyncio.IncompleteReadError):
-        pass
+        pass  # the client went away (Ctrl-C): what it asked for goes on
     finally:
         writer.close()
     # After answering: the client waits for this reply before the supervisor goes away.
     if request_is_full_shutdown(request):
         supervisor.shutdown_requested.set()
+
+
+def _parse(line: bytes) -> dict[str, Any]:
+    try:
+        request = json.loads(line)
+    except ValueError as exc:
+        raise BadRequest(f"bad request: not JSON ({exc})") from None
+    if not isinstance(request, dict):
+        raise BadRequest("bad request: not a JSON object")
+    names = request.get("names") or []
+    if not isinstance(names, list) or not all(isinstance(name, str) for name in names):
+        raise BadRequest("bad request: names must be a list of instance names")
+    return request
 
 
 def request_is_full_shutdown(request: Any) -> bool:
@@ -82,30 +105,35 @@ def _config(request: dict[str, Any]) -> Config:
     try:
         return Config.from_dict(request["config"])
     except (KeyError, TypeError, ValueError) as exc:
-        raise ConfigError(f"the request carries no valid config ({exc})") from None
+        raise BadRequest(f"bad request: the request carries no valid config ({exc})") from None
 
 
-async def _dispatch(supervisor: Supervisor, request: dict[str, Any]) -> dict[str, Any]:
+def _timeout(request: dict[str, Any]) -> float | None:
+    timeout = request.get("timeout")
+    if timeout is not None and (not isinstance(timeout, (int, float)) or timeout < 0):
+        raise BadRequest("bad request: timeout must be a number of seconds")
+    return timeout
+
+
+async def _dispatch(supervisor: Supervisor, request: dict[str, Any], send: Any) -> dict[str, Any]:
     op = request.get("op")
-    names = request.get("names") or []
-    if not isinstance(names, list) or not all(isinstance(name, str) for name in names):
-        raise ConfigError("names must be a list of instance names")
+    names: list[str] = request.get("names") or []
+    supervisor.requests[str(op)] = supervisor.requests.get(str(op), 0) + 1
     if op == "ping":
-        return {"ok": True, "pid": os.getpid(), "version": __version__}
+        return {"pid": os.getpid(), "version": __version__}
     if op == "status":
-        return {"ok": True, **supervisor.status()}
+        return supervisor.status()
     if op == "up":
-        return {"ok": True, **await supervisor.up(_config(request), names, force=bool(request.get("force")))}
+        return await supervisor.up(_config(request), names, force=bool(request.get("force")))
     if op == "down":
-        return {"ok": True, **await supervisor.stop(names)}
+        return await supervisor.stop(names)
     if op == "restart":
         config = _config(request) if request.get("config") is not None else None
-        return {"ok": True, **await supervisor.restart(names, config)}
-    raise ConfigError(f"unknown operation {op!r}")
+        return await supervisor.restart(names, config)
+    if op == "wait":
 
+        async def progress(instances: list[dict[str, Any]]) -> None:
+            await send({"event": "progress", "instances": instances})
 
-def as_error(exc: BaseException) -> dict[str, Any]:
-    if isinstance(exc, LlmctlError):
-        return {"ok": False, "error": str(exc), "exit_code": exc.exit_code}
-    log.exception("internal error")
-    return {"ok": False, "error": f"internal error in the supervisor: {exc!r}", "exit_code": 1}
+        return await supervisor.wait(names, _timeout(request), progress if request.get("progress") else None)
+    raise BadRequest(f"bad request: unknown operation {op!r}")

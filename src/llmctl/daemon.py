@@ -38,20 +38,42 @@ def acquire_supervisor_lock(paths: StatePaths) -> IO[str]:
     return lock
 
 
-async def run_supervisor(paths: StatePaths, on_started: Callable[[Supervisor], Awaitable[None]] | None = None) -> None:
-    """Run until `down` (everything) or SIGTERM/SIGINT; then stop every instance."""
+async def run_supervisor(
+    paths: StatePaths, on_started: Callable[[Supervisor], Awaitable[None]] | None = None
+) -> int | None:
+    """Run until `down` (everything) or SIGTERM/SIGINT; then stop every instance.
+
+    Returns the signal that ended it, or None when a `down` did. An exception from `on_started`
+    (a foreground `up` that could not start) stops everything and is raised.
+    """
+    received: list[int] = []
+    shutting_down: list[asyncio.Future[None]] = []
+
+    def on_signal(sig: int) -> None:
+        received.append(sig)
+        shutting_down.append(asyncio.ensure_future(supervisor.shutdown()))
+
     async with Supervisor(paths) as supervisor:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, lambda: asyncio.ensure_future(supervisor.shutdown()))
+            loop.add_signal_handler(sig, on_signal, sig)
         loop.add_signal_handler(signal.SIGHUP, lambda: None)
+        server = asyncio.ensure_future(serve(supervisor))
         extra = asyncio.ensure_future(on_started(supervisor)) if on_started else None
         try:
-            await serve(supervisor)
+            waiting = {server} | ({extra} if extra else set())
+            done, _ = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+            if extra is not None and extra in done and extra.exception() is not None:
+                supervisor.shutdown_requested.set()
+                raise extra.exception()  # type: ignore[misc]
+            await server
         finally:
             if extra is not None:
                 extra.cancel()
-            await supervisor.stop([])
+            supervisor.shutdown_requested.set()
+            await asyncio.gather(server, return_exceptions=True)
+            await supervisor.stop([], reason="the supervisor is stopping")
+    return received[0] if received else None
 
 
 def main(argv: list[str] | None = None) -> int:

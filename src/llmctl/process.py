@@ -8,11 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -57,78 +55,40 @@ def handle_of_child(pid: int) -> ProcessHandle:
 
 
 def open_log(path: Path) -> int:
-    """A file descriptor appending to `path`, created 0600. The child writes to it directly, so its
-    output survives the supervisor; O_NOFOLLOW so a planted symlink cannot redirect it."""
+    """A file descriptor appending to `path`, created 0600; O_NOFOLLOW so a planted symlink cannot
+    redirect it."""
     return os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
 
 
-# The relay is a standard-library script run without site-packages (-S -I): one per instance lives as
-# long as its server, so it should weigh what a bare interpreter weighs.
-RELAY_COMMAND = (sys.executable, "-S", "-I", str(Path(__file__).with_name("logrelay.py")))
+def spawn(argv: list[str], *, env: dict[str, str], output: int, cwd: str | None) -> subprocess.Popen[bytes]:
+    """Start `argv` in a new session (so a new process group of its own), stdout and stderr to `output`."""
+    return subprocess.Popen(
+        argv,
+        stdin=subprocess.DEVNULL,
+        stdout=output,
+        stderr=subprocess.STDOUT,
+        env=env,
+        cwd=cwd or None,
+        start_new_session=True,
+        close_fds=True,
+    )
 
 
-@dataclass(frozen=True)
-class LogLimits:
-    max_bytes: int
-    backups: int
+def signal_process(handle: ProcessHandle, sig: int) -> None:
+    """Signal one process, only if it is still the one `handle` names."""
+    process = handle.process()
+    if process is not None:
+        with contextlib.suppress(psutil.Error):
+            process.send_signal(sig)
 
 
-def spawn(
-    argv: list[str], *, env: dict[str, str], log_path: Path, cwd: str | None, limits: LogLimits
-) -> tuple[subprocess.Popen[bytes], subprocess.Popen[bytes]]:
-    """Start `argv` in a new session (so a new process group), its output going through a log
-    relay (llmctl.logrelay, in a session of its own) that appends to `log_path` and rotates it.
-
-    Returns (server, relay).
-    """
-    os.close(open_log(log_path))  # an unusable log file fails this start, not silently later
-    read_end, write_end = os.pipe()
-    try:
-        relay = subprocess.Popen(
-            [*RELAY_COMMAND, str(log_path), "--max-bytes", str(limits.max_bytes), "--backups", str(limits.backups)],
-            stdin=read_end,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,
-            close_fds=True,
-        )
-        try:
-            server = subprocess.Popen(
-                argv,
-                stdin=subprocess.DEVNULL,
-                stdout=write_end,
-                stderr=subprocess.STDOUT,
-                env=env,
-                cwd=cwd or None,
-                start_new_session=True,
-                close_fds=True,
-            )
-        except BaseException:
-            relay.kill()
-            relay.wait()
-            raise
-    finally:
-        os.close(read_end)
-        os.close(write_end)
-    return server, relay
-
-
-async def finish_relay(relay: ProcessHandle, popen: subprocess.Popen[bytes] | None, grace: float = 2.0) -> None:
-    """Let a log relay write what is left, then make sure it is gone (an escaped grandchild may
-    still hold the pipe open, and would keep it alive forever)."""
-
+async def wait_until_gone(handle: ProcessHandle, popen: subprocess.Popen[bytes] | None, timeout: float) -> bool:
     def gone() -> bool:
         if popen is not None:
             popen.poll()
-        return not relay.is_alive()
+        return not handle.is_alive()
 
-    if await _wait_until(gone, grace, 0.02):
-        return
-    process = relay.process()
-    if process is not None:
-        with contextlib.suppress(psutil.Error):
-            process.kill()
-    await _wait_until(gone, _KILL_WAIT, 0.02)
+    return await _wait_until(gone, timeout, 0.02)
 
 
 def describe_exit(returncode: int | None) -> str:
@@ -155,22 +115,22 @@ def tree(handle: ProcessHandle) -> list[psutil.Process]:
 
 
 def _signal_group(pgid: int, sig: int) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, sig)
-    except ProcessLookupError:
-        pass
-    except PermissionError:
-        pass
 
 
-def _group_alive(pgid: int) -> bool:
+def _group_exists(pgid: int) -> bool:
     try:
         os.killpg(pgid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    # A group whose members are all zombies still answers; count only members that are not.
+    return True
+
+
+def _group_has_live_member(pgid: int) -> bool:
+    """A scan of the process table: a group of zombies still answers killpg, so count the living."""
     for process in psutil.process_iter():
         try:
             if os.getpgid(process.pid) == pgid and process.status() != psutil.STATUS_ZOMBIE:
@@ -178,6 +138,13 @@ def _group_alive(pgid: int) -> bool:
         except (psutil.Error, OSError):
             continue
     return False
+
+
+def _pgid_of(process: psutil.Process) -> int | None:
+    try:
+        return os.getpgid(process.pid)
+    except OSError:
+        return None
 
 
 def _alive(processes: list[psutil.Process]) -> list[psutil.Process]:
@@ -197,6 +164,31 @@ def _signal_each(processes: list[psutil.Process], sig: int) -> None:
             process.send_signal(sig)  # psutil checks the process is still the one we listed
 
 
+class _GroupWatch:
+    """Is anything of the tree left? Listed members are checked each time; the process table is
+    scanned (for unlisted members that are not zombies) at most every SCAN_EVERY seconds, since a
+    Mac runs hundreds of processes and a stop polls every 20 ms."""
+
+    SCAN_EVERY = 0.5
+
+    def __init__(self, members: list[psutil.Process], pgid: int, reap: Callable[[], object] | None) -> None:
+        self.members, self.pgid, self.reap = members, pgid, reap
+        self.last_scan = -1e9
+        self.last_scan_found = True
+
+    def gone(self) -> bool:
+        if self.reap is not None:
+            self.reap()
+        if _alive(self.members):
+            return False
+        if not _group_exists(self.pgid):
+            return True
+        now = time.monotonic()
+        if now - self.last_scan >= self.SCAN_EVERY:
+            self.last_scan, self.last_scan_found = now, _group_has_live_member(self.pgid)
+        return not self.last_scan_found
+
+
 async def stop_tree(
     handle: ProcessHandle,
     pgid: int,
@@ -204,30 +196,28 @@ async def stop_tree(
     reap: Callable[[], object] | None = None,
     poll: float = 0.02,
 ) -> bool:
-    """SIGTERM the process group and every descendant, SIGKILL what is left after `timeout`.
+    """SIGTERM the process group once, and once each descendant that left it; SIGKILL what is left
+    after `timeout`.
 
-    The descendants are listed before any signal: once the leader dies its children are re-parented
-    and can no longer be found from it (a grandchild that called setsid would escape a group kill).
-    `reap` collects our own child's exit status, so it does not linger as a zombie group member.
+    One TERM per process: servers such as llama-server read a second SIGTERM as "terminate
+    immediately". The descendants are listed before any signal: once the leader dies its children are
+    re-parented and can no longer be found from it (a grandchild that called setsid escapes a group
+    kill). `reap` collects our own child's exit status, so it does not linger as a zombie group member.
     Returns True when everything is gone.
     """
     members = tree(handle)
-
-    def gone() -> bool:
-        if reap is not None:
-            reap()
-        return not _alive(members) and not _group_alive(pgid)
-
-    if gone():
+    escaped = [member for member in members if _pgid_of(member) != pgid]
+    watch = _GroupWatch(members, pgid, reap)
+    if watch.gone():
         return True
     for sig in (signal.SIGTERM, signal.SIGCONT):  # SIGCONT so a stopped (SIGSTOP) server sees the TERM
         _signal_group(pgid, sig)
-        _signal_each(members, sig)
-    if await _wait_until(gone, timeout, poll):
+        _signal_each(escaped, sig)
+    if await _wait_until(watch.gone, timeout, poll):
         return True
     _signal_group(pgid, signal.SIGKILL)
     _signal_each(_alive(members), signal.SIGKILL)
-    return await _wait_until(gone, _KILL_WAIT, poll)
+    return await _wait_until(watch.gone, _KILL_WAIT, poll)
 
 
 async def _wait_until(condition: Callable[[], bool], timeout: float, poll: float) -> bool:
@@ -248,22 +238,23 @@ def kill_group_leftovers(pgid: int) -> None:
 async def wait_for_exit(popen: subprocess.Popen[bytes] | None, handle: ProcessHandle) -> int | None:
     """Return when the process exits: its return code for our own child, None for an adopted one.
 
-    On Linux a pidfd makes the event loop wake the moment the process dies; elsewhere, and for
-    the rare kernel without pidfd_open, a short poll stands in.
+    The event loop wakes the moment the process dies: through a pidfd on Linux, a kqueue
+    EVFILT_PROC/NOTE_EXIT event on macOS and the BSDs; a short poll only where neither exists.
     """
-    pidfd = _open_pidfd(handle.pid)
-    if pidfd is not None:
+    loop = asyncio.get_running_loop()
+    waiter = _exit_waiter(handle.pid)
+    if waiter is not None:
+        fd, close = waiter
         try:
             if handle.is_alive():
-                loop = asyncio.get_running_loop()
                 exited: asyncio.Future[None] = loop.create_future()
-                loop.add_reader(pidfd, lambda: exited.done() or exited.set_result(None))
+                loop.add_reader(fd, lambda: exited.done() or exited.set_result(None))
                 try:
                     await exited
                 finally:
-                    loop.remove_reader(pidfd)
+                    loop.remove_reader(fd)
         finally:
-            os.close(pidfd)
+            close()
     else:
         while (popen is None or popen.poll() is None) and handle.is_alive():
             await asyncio.sleep(0.05)
@@ -272,13 +263,35 @@ async def wait_for_exit(popen: subprocess.Popen[bytes] | None, handle: ProcessHa
     return None
 
 
-def _open_pidfd(pid: int) -> int | None:
+def _exit_waiter(pid: int) -> tuple[int, Callable[[], None]] | None:
+    """A file descriptor that turns readable when `pid` exits, and how to close it."""
     opener = getattr(os, "pidfd_open", None)
-    if opener is None:
-        return None
-    try:
-        return opener(pid)
-    except OSError as exc:
-        if exc.errno == errno.ESRCH:
+    if opener is not None:
+        try:
+            fd = opener(pid)
+        except OSError:
             return None
+        return fd, lambda: os.close(fd)
+    return _kqueue_exit_waiter(pid)
+
+
+def _kqueue_exit_waiter(pid: int, select_module: object = None) -> tuple[int, Callable[[], None]] | None:
+    import select
+
+    module: object = select_module or select
+    kqueue_type = getattr(module, "kqueue", None)
+    if kqueue_type is None:
         return None
+    queue = kqueue_type()
+    event = module.kevent(  # type: ignore[attr-defined]
+        pid,
+        filter=module.KQ_FILTER_PROC,  # type: ignore[attr-defined]
+        flags=module.KQ_EV_ADD | module.KQ_EV_ONESHOT,  # type: ignore[attr-defined]
+        fflags=module.KQ_NOTE_EXIT,  # type: ignore[attr-defined]
+    )
+    try:
+        queue.control([event], 0, 0)
+    except OSError:  # already gone (ESRCH): the caller sees it dead
+        queue.close()
+        return None
+    return queue.fileno(), queue.close

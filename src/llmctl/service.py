@@ -1,4 +1,8 @@
-"""What the commands do, without any terminal: the CLI calls these and renders what they return."""
+"""What the commands do, without any terminal: the CLI calls these and renders what they return.
+
+Every answer is (or contains) the status document of llmctl.statusdoc; nothing here interprets
+state strings: the supervisor computes each instance's outcome.
+"""
 
 from __future__ import annotations
 
@@ -7,60 +11,80 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from . import client, state
+from . import client, state, statusdoc
 from .errors import ConfigError
 from .paths import StatePaths
 
 if TYPE_CHECKING:
     from .spec import Config, InstanceSpec
 
-WAIT_POLL = 0.03
-# While waiting in `up`: an instance is settled when healthy, or failed, or retrying after a failed start.
-OK, FAILED, PENDING = "ok", "failed", "pending"
-
-
-def instance_placeholder(spec: InstanceSpec, estimate: int | None, paths: StatePaths) -> dict[str, Any]:
-    """A configured instance no supervisor knows: described exactly as the supervisor would, stopped."""
-    from .instance import Instance, describe
-
-    return describe(Instance(spec=spec, estimate=estimate), str(paths.log_file(spec.name)))
-
 
 def has_adoptable_records(paths: StatePaths) -> bool:
-    """Did a killed supervisor leave servers running? Then the next command starts one to adopt them."""
+    """Did a killed supervisor leave servers running, or waiting to start again (in backoff)? Then a
+    supervisor is started to adopt (or resume) them."""
     from .process import ProcessHandle
 
-    _, records, _ = state.load_records(paths.state_file)
-    return any(ProcessHandle(record.pid, record.create_time).is_alive() for record in records)
+    saved, _ = state.load(paths.state_file)
+    return any(
+        ProcessHandle(record.pid, record.create_time).is_alive() if record.pid else record.wanted
+        for record in saved.records
+    )
+
+
+def supervisor_is_needed(paths: StatePaths) -> bool:
+    if client.is_running(paths):
+        return True
+    if has_adoptable_records(paths):
+        client.ensure_supervisor(paths)
+        return True
+    return False
 
 
 def status(paths: StatePaths, config_path: Path, names: list[str]) -> dict[str, Any]:
-    if client.is_running(paths) or has_adoptable_records(paths):
-        client.ensure_supervisor(paths)
+    if supervisor_is_needed(paths):
         answer = client.request(paths, {"op": "status"})
-        return {
-            "supervisor": answer["supervisor"],
-            "system": answer.get("system"),
-            "instances": select(answer["instances"], names),
-        }
-    from .backends import backend_for
-    from .config import load_config  # only here: the schema costs a few hundred ms to import
+        return _selected(answer, names, config_path)
     from .memory import system_summary
+    from .runner import describe
 
     config = load_config(config_path)
     specs = config.select(names)
-    instances = [instance_placeholder(spec, backend_for(spec.backend).estimate_memory(spec), paths) for spec in specs]
-    return {"supervisor": None, "system": system_summary(instances, config.memory_budget), "instances": instances}
+    instances = [describe(spec, None, str(paths.log_file(spec.name))) for spec in specs]
+    return statusdoc.document(None, system_summary(instances, config.memory_budget), instances)
 
 
-def select(instances: list[dict[str, Any]], names: list[str]) -> list[dict[str, Any]]:
-    if not names:
-        return instances
-    by_name = {instance["name"]: instance for instance in instances}
-    unknown = [name for name in names if name not in by_name]
+def _selected(answer: dict[str, Any], names: list[str], config_path: Path) -> dict[str, Any]:
+    """The named instances of a supervisor's answer; one the config names but the supervisor never
+    ran is shown stopped, as the supervisor would show it."""
+    instances, unknown = statusdoc.select(answer["instances"], names)
     if unknown:
-        raise ConfigError(f"unknown instance {unknown[0]!r} (known: {', '.join(by_name) or 'none'})")
-    return [by_name[name] for name in dict.fromkeys(names)]
+        from .runner import describe
+
+        config = _config_or_none(config_path)
+        for name in unknown:
+            if config is None or name not in config.names:
+                known = sorted({i["name"] for i in answer["instances"]} | set(config.names if config else []))
+                raise ConfigError(f"unknown instance {name!r} (known: {', '.join(known) or 'none'})")
+        shown = {i["name"]: i for i in answer["instances"]}
+        for name in unknown:
+            shown[name] = describe(config.instance(name), None, str(StatePaths.default().log_file(name)))  # type: ignore[union-attr]
+        instances = [shown[name] for name in dict.fromkeys(names)]
+    return statusdoc.document(answer.get("supervisor"), answer.get("system"), instances)
+
+
+def _config_or_none(config_path: Path | None) -> Config | None:
+    if config_path is None:
+        return None
+    try:
+        return load_config(config_path)
+    except ConfigError:
+        return None
+
+
+def load_config(config_path: Path) -> Config:
+    from .configcache import load_config_cached
+
+    return load_config_cached(config_path)
 
 
 def up(paths: StatePaths, config_path: Path, names: list[str], force: bool = False) -> tuple[dict[str, str], list[str]]:
@@ -74,6 +98,18 @@ def up(paths: StatePaths, config_path: Path, names: list[str], force: bool = Fal
     request = {"op": "up", "config": config.to_dict(), "names": names, "force": force}
     answer = client.request(paths, request, timeout=None)
     return answer["actions"], exposure_warnings(config.select(names))
+
+
+def wait(
+    paths: StatePaths,
+    names: list[str],
+    timeout: float | None,
+    on_progress: Callable[[list[dict[str, Any]]], None] | None = None,
+) -> dict[str, Any]:
+    """Block until every named instance has settled (the supervisor says when), or `timeout`."""
+    request: dict[str, Any] = {"op": "wait", "names": names, "timeout": timeout, "progress": on_progress is not None}
+    on_event = (lambda event: on_progress(event["instances"])) if on_progress else None
+    return client.request(paths, request, timeout=None, on_event=on_event)
 
 
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1", "[::1]")
@@ -90,54 +126,30 @@ def exposure_warnings(specs: list[InstanceSpec]) -> list[str]:
 
 
 def _validated(config_path: Path, names: list[str]) -> Config:
-    from .config import load_config
-
     config = load_config(config_path)
     config.select(names)  # unknown names fail here, before anything starts
     return config
 
 
-def settle(instance: dict[str, Any]) -> str:
-    if instance["state"] == "healthy":
-        return OK
-    if instance["state"] in ("failed", "stopped"):
-        return FAILED
-    if instance["state"] == "backoff" and instance.get("start_failures"):
-        return FAILED
-    return PENDING
+def down(paths: StatePaths, names: list[str], config_path: Path | None) -> list[str]:
+    """Stop the named instances (all, and the supervisor, when none are named).
 
-
-def current(paths: StatePaths, names: list[str]) -> list[dict[str, Any]]:
-    """The named instances as the running supervisor sees them now."""
-    return select(client.request(paths, {"op": "status"})["instances"], names)
-
-
-def wait_until_settled(
-    paths: StatePaths,
-    names: list[str],
-    timeout: float | None,
-    on_update: Callable[[list[dict[str, Any]]], None] | None = None,
-) -> tuple[list[dict[str, Any]], bool]:
-    """Poll until every named instance is healthy or one failed; (instances, timed_out)."""
-    deadline = None if timeout is None else time.monotonic() + timeout
-    while True:
-        instances = current(paths, names)
-        if on_update:
-            on_update(instances)
-        outcomes = [settle(instance) for instance in instances]
-        if FAILED in outcomes or all(outcome == OK for outcome in outcomes):
-            return instances, False
-        if deadline is not None and time.monotonic() >= deadline:
-            return instances, True
-        time.sleep(WAIT_POLL)
-
-
-def down(paths: StatePaths, names: list[str]) -> list[str]:
-    """Stop the named instances (all, and the supervisor, when none are named)."""
-    if not client.is_running(paths):
-        if not has_adoptable_records(paths):
+    A name neither the config nor the supervisor knows is an error (exit 2), whether or not
+    anything runs; a known one that is not running is simply not in the answer.
+    """
+    running = supervisor_is_needed(paths)
+    supervised = [i["name"] for i in client.request(paths, {"op": "status"})["instances"]] if running else []
+    if names:
+        config = _config_or_none(config_path)
+        known = set(supervised) | set(config.names if config else [])
+        unknown = [name for name in names if name not in known]
+        if unknown:
+            raise ConfigError(f"unknown instance {unknown[0]!r} (known: {', '.join(sorted(known)) or 'none'})")
+        names = [name for name in names if name in supervised]
+        if not names:
             return []
-        client.ensure_supervisor(paths)  # adopts what a killed supervisor left, so it can be stopped
+    if not running:
+        return []
     supervisor_pid = client.request(paths, {"op": "ping"})["pid"]
     answer = client.request(paths, {"op": "down", "names": names}, timeout=None)
     if not names:

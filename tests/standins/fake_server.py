@@ -12,6 +12,9 @@ misbehaves on request:
     --escaping-child       fork a grandchild that calls setsid and keeps stdout open
     --flood N              print numbered lines to stdout, N per second
     --allocate-mb N        hold N MiB of resident memory
+    --sick-file PATH       answer 500 to /health while PATH exists (a hung or broken server)
+    --exit-file PATH       once PATH exists, exit with the code it holds (0 if empty)
+    --tick S               print "tick N" every S seconds
 """
 
 from __future__ import annotations
@@ -37,6 +40,9 @@ def main() -> int:
     parser.add_argument("--escaping-child", action="store_true")
     parser.add_argument("--allocate-mb", type=int, default=0, help="hold this much memory once ready")
     parser.add_argument("--flood", type=float, default=0.0, help="numbered lines per second")
+    parser.add_argument("--sick-file")
+    parser.add_argument("--exit-file")
+    parser.add_argument("--tick", type=float, default=0.0)
     args = parser.parse_args()
 
     print(f"fake server pid {os.getpid()} starting", flush=True)
@@ -65,7 +71,8 @@ def main() -> int:
         def do_GET(self) -> None:
             ready = not args.never_ready and time.monotonic() >= ready_at
             body = b'{"status":"ok"}' if ready else b'{"error":{"code":503,"message":"Loading model"}}'
-            self.send_response(200 if ready else 503)
+            sick = args.sick_file and os.path.exists(args.sick_file)
+            self.send_response(500 if sick else 200 if ready else 503)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
@@ -74,10 +81,32 @@ def main() -> int:
         def log_message(self, *_: object) -> None:
             pass
 
+    if args.exit_file:
+        threading.Thread(target=_exit_when, args=(args.exit_file,), daemon=True).start()
+    if args.tick:
+        threading.Thread(target=_tick, args=(args.tick,), daemon=True).start()
     server = http.server.ThreadingHTTPServer(("127.0.0.1", args.port), Handler)
     print(f"fake server listening on {args.port}", flush=True)
     server.serve_forever()
     return 0
+
+
+def _exit_when(path: str) -> None:
+    while not os.path.exists(path):
+        time.sleep(0.02)
+    with open(path) as source:
+        code = int(source.read().strip() or 0)
+    os.unlink(path)
+    print(f"fake server exiting with code {code}", flush=True)
+    os._exit(code)
+
+
+def _tick(seconds: float) -> None:
+    number = 0
+    while True:
+        number += 1
+        print(f"tick {number}", flush=True)
+        time.sleep(seconds)
 
 
 def _flood(per_second: float) -> None:

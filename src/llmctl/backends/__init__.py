@@ -6,8 +6,12 @@ from __future__ import annotations
 import importlib
 import pkgutil
 from functools import cache
+from typing import TYPE_CHECKING
 
 from .base import Backend, NotReady
+
+if TYPE_CHECKING:
+    from ..spec import InstanceSpec
 
 
 @cache
@@ -32,4 +36,13 @@ def backend_for(name: str) -> Backend:
         raise ValueError(f"unknown backend {name!r} (valid: {', '.join(backend_names())})") from None
 
 
-__all__ = ["Backend", "NotReady", "backend_for", "backend_names"]
+def safe_estimate(spec: InstanceSpec) -> int | None:
+    """The backend's memory estimate, or None: a model file that is odd in any way (a string where a
+    number belongs, a truncated header) costs the estimate, never the command that asked."""
+    try:
+        return backend_for(spec.backend).estimate_memory(spec)
+    except Exception:
+        return None
+
+
+__all__ = ["Backend", "NotReady", "backend_for", "backend_names", "safe_estimate"]

@@ -8,14 +8,13 @@ one-token completion, while /health turning 503 (generation thread died) means i
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .base import READY_POLL_INTERVAL, Backend, NotReady, get_status, poll_until_ok, resolve_model_path
+from .base import READY_POLL_MAX, Backend, NotReady, get_status, poll_until_ok, resolve_model_path
 
 if TYPE_CHECKING:
     from ..httpclient import HttpClient
@@ -92,13 +91,14 @@ class MlxBackend(Backend):
         return spec.health_url("/health")
 
     async def wait_ready(self, spec: InstanceSpec, http: HttpClient) -> None:
+        import asyncio  # here, not at the top: see base.py's docstring
         await poll_until_ok(http, self.liveness_url(spec), spec.health.timeout)
         completion = asyncio.ensure_future(self._first_token(spec, http))
         try:
             while not completion.done():
                 if await get_status(http, self.liveness_url(spec), spec.health.timeout) == 503:
                     raise NotReady("the model failed to load (mlx_lm.server's generation thread died)")
-                await asyncio.wait({completion}, timeout=READY_POLL_INTERVAL * 4)
+                await asyncio.wait({completion}, timeout=READY_POLL_MAX)
             completion.result()
         finally:
             completion.cancel()

@@ -7,10 +7,9 @@ processes of `ollama serve`, which the supervisor counts as part of the process 
 
 from __future__ import annotations
 
-import asyncio
 from typing import TYPE_CHECKING
 
-from .base import READY_POLL_INTERVAL, Backend, NotReady, poll_until_ok
+from .base import Backend, NotReady, poll_delays, poll_until_ok
 
 if TYPE_CHECKING:
     from ..httpclient import HttpClient
@@ -36,11 +35,14 @@ class OllamaBackend(Backend):
         return spec.health_url("/api/version")
 
     async def wait_ready(self, spec: InstanceSpec, http: HttpClient) -> None:
+        import asyncio  # here, not at the top: see base.py's docstring
         # Ollama accepts connections before it serves them: short probe timeouts, retried.
         await poll_until_ok(http, self.liveness_url(spec), min(spec.health.timeout, 1.0))
         await self._preload(spec, http)
-        while spec.model not in await self.loaded_models(spec, http):
-            await asyncio.sleep(READY_POLL_INTERVAL)
+        for delay in poll_delays():
+            if spec.model in await self.loaded_models(spec, http):
+                return
+            await asyncio.sleep(delay)
 
     async def _preload(self, spec: InstanceSpec, http: HttpClient) -> None:
         request: dict[str, object] = {"model": spec.model}

@@ -12,16 +12,18 @@ from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 
-from .. import service
+from .. import service, statusdoc
 from ..errors import LlmctlError, SupervisorError
 from ..paths import StatePaths, find_config_path
 from . import render
+from .report import report_error, report_settled
 
 if TYPE_CHECKING:
     from ..spec import Config
 
 EXIT_FAILED = 1
 EXIT_INTERRUPTED = 130
+EXIT_TERMINATED = 143
 FAILURE_LOG_LINES = 20
 
 app = typer.Typer(
@@ -77,9 +79,7 @@ def _config_path(local: Path | None) -> Path:
 
 
 def _config(local: Path | None) -> Config:
-    from ..config import load_config  # the schema is slow to import: only commands that need it pay
-
-    return load_config(_config_path(local))
+    return service.load_config(_config_path(local))
 
 
 def _stdout_console() -> Any:
@@ -118,110 +118,36 @@ def up(
     actions, warnings = service.up(paths, _config_path(file), wanted, force)
     for warning in warnings:
         _stderr(f"llmctl: warning: {warning}")
-    selected = wanted or list(actions)
-    if no_wait:
-        _report_up(paths, selected, actions, json_output, wait=False, timeout=None)
-        return
-    raise typer.Exit(_report_up(paths, selected, actions, json_output, wait=True, timeout=timeout))
-
-
-def _report_up(
-    paths: StatePaths,
-    names: list[str],
-    actions: dict[str, str],
-    json_output: bool,
-    *,
-    wait: bool,
-    timeout: float | None,
-) -> int:
-    progress = _UpProgress(names, actions, enabled=wait and not json_output)
-    try:
-        if wait:
-            instances, timed_out = service.wait_until_settled(paths, names, timeout, progress.update)
-        else:
-            instances, timed_out = service.current(paths, names), False
-    except KeyboardInterrupt:
-        progress.close()
-        _stderr("llmctl: interrupted; the instances keep starting under the supervisor (`llmctl down` stops them)")
-        return EXIT_INTERRUPTED
-    progress.close()
-    failed = [instance for instance in instances if service.settle(instance) == service.FAILED]
-    ok = not failed and not timed_out
-    if json_output:
-        render.write_json({"ok": ok, "timed_out": timed_out, "actions": actions, "instances": instances})
-    elif not wait:
+    if not json_output:
         for name, action in actions.items():
-            print(f"{name}: {action}")
-    for instance in failed:
-        _explain_failure(instance)
-    if timed_out:
-        pending = [instance["name"] for instance in instances if service.settle(instance) == service.PENDING]
-        _stderr(f"llmctl: timed out after {timeout:g}s waiting for {', '.join(pending)} (they keep starting)")
-    return 0 if ok else EXIT_FAILED
+            if action == "recreated":
+                _stderr(f"llmctl: {name}: its config changed; recreated")
+    selected = wanted or list(actions)
+    raise typer.Exit(report_settled(paths, selected, actions, json_output, wait=not no_wait, timeout=timeout))
 
 
-def _explain_failure(instance: dict[str, Any]) -> None:
-    from ..logfiles import last_lines
-
-    reason = instance.get("last_error") or instance.get("last_exit") or instance["state"]
-    retry = " (retrying per its restart policy)" if instance["state"] == "backoff" else ""
-    _stderr(f"llmctl: {instance['name']} failed: {reason}{retry}")
-    if instance.get("log"):
-        lines = last_lines(Path(instance["log"]), FAILURE_LOG_LINES)
-        if lines:
-            _stderr(f"--- last {len(lines)} lines of {instance['log']} ---")
-            for line in lines:
-                _stderr("  " + line)
-
-
-class _UpProgress:
-    """One line per instance, updated in place on a terminal; one line as each settles otherwise."""
-
-    def __init__(self, names: list[str], actions: dict[str, str], enabled: bool) -> None:
-        self.reported: set[str] = set()
-        self.actions = actions
-        self.enabled = enabled
-        self.live: Any = None
-        if enabled and sys.stdout.isatty():
-            from rich.live import Live
-
-            self.live = Live(console=_stdout_console(), transient=False, refresh_per_second=12)
-            self.live.start()
-
-    def update(self, instances: list[dict[str, Any]]) -> None:
-        if not self.enabled:
-            return
-        if self.live is not None:
-            self.live.update(self._table(instances))
-            return
-        for instance in instances:
-            outcome = service.settle(instance)
-            if outcome != service.PENDING and instance["name"] not in self.reported:
-                self.reported.add(instance["name"])
-                word = instance["state"] if outcome == service.OK else "failed"
-                print(f"{instance['name']}: {word} {instance['url']}", flush=True)
-
-    def _table(self, instances: list[dict[str, Any]]) -> Any:
-        from rich.table import Table
-
-        table = Table(show_header=False, box=None)
-        for instance in instances:
-            state = instance["state"]
-            mark = {"healthy": "[green]✔[/]", "failed": "[red]✘[/]"}.get(state, "[yellow]…[/]")
-            if service.settle(instance) == service.FAILED:
-                mark = "[red]✘[/]"
-            table.add_row(mark, instance["name"], f"[{render.STATE_STYLES.get(state, '')}]{state}[/]", instance["url"])
-        return table
-
-    def close(self) -> None:
-        if self.live is not None:
-            self.live.stop()
-            self.live = None
+@app.command()
+def wait(
+    names: NamesArgument = None,
+    timeout: Annotated[
+        Optional[float],
+        typer.Option("--timeout", help="Give up after this many seconds (exit 1).", min=0, show_default=False),
+    ] = None,
+    json_output: JsonOption = False,
+) -> None:
+    """Wait until the instances are healthy (exit 0), or one has failed or the timeout passed (exit 1)."""
+    paths = StatePaths.default()
+    if not service.supervisor_is_needed(paths):
+        raise SupervisorError(f"no supervisor is running for {paths.root}; start instances with `llmctl up`")
+    raise typer.Exit(report_settled(paths, list(names or []), None, json_output, wait=True, timeout=timeout))
 
 
 def _run_foreground(paths: StatePaths, config: Config, names: list[str], force: bool) -> int:
+    """Supervise in this terminal. Exit 130 after Ctrl-C, 143 after SIGTERM, 0 after a `down` from
+    elsewhere; an error while starting (a budget refusal, say) is reported, and stops everything."""
     import asyncio
     import logging
+    import signal
 
     from .. import client
     from ..daemon import acquire_supervisor_lock, run_supervisor
@@ -232,7 +158,6 @@ def _run_foreground(paths: StatePaths, config: Config, names: list[str], force: 
     logging.basicConfig(
         filename=paths.supervisor_log, level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    interrupted = False
 
     async def supervise(supervisor: Any) -> None:
         from rich.live import Live
@@ -244,11 +169,10 @@ def _run_foreground(paths: StatePaths, config: Config, names: list[str], force: 
                 await asyncio.sleep(0.25)
 
     try:
-        asyncio.run(run_supervisor(paths, supervise))
-        interrupted = True  # it only returns after SIGINT/SIGTERM or a `down` from elsewhere
+        ended_by = asyncio.run(run_supervisor(paths, supervise))
     finally:
         lock.close()
-    return EXIT_INTERRUPTED if interrupted else 0
+    return {signal.SIGINT: EXIT_INTERRUPTED, signal.SIGTERM: EXIT_TERMINATED}.get(ended_by, 0)  # type: ignore[call-overload]
 
 
 @app.command()
@@ -326,22 +250,27 @@ def logs(
 def down(names: NamesArgument = None, file: FileOption = None, json_output: JsonOption = False) -> None:
     """Stop instances (SIGTERM to the group, SIGKILL after stop_timeout); no names: all, and the supervisor."""
     paths = StatePaths.default()
-    stopped = service.down(paths, list(names or []))
+    wanted = list(names or [])
+    stopped = service.down(paths, wanted, _config_path(file))
     if json_output:
-        render.write_json({"stopped": stopped})
+        render.write_json(statusdoc.with_version({"ok": True, "stopped": stopped}))
     elif not stopped:
-        print("nothing is running")
+        print("nothing is running" if not wanted else f"not running: {', '.join(wanted)}")
     else:
         for name in stopped:
             print(f"{name}: stopped")
 
 
 @app.command()
-def restart(names: Annotated[list[str], typer.Argument(help="Instance names.")], file: FileOption = None) -> None:
+def restart(
+    names: Annotated[list[str], typer.Argument(help="Instance names.")],
+    file: FileOption = None,
+    json_output: JsonOption = False,
+) -> None:
     """Stop and start instances again (with their current config), and wait until healthy."""
     paths = StatePaths.default()
     actions = service.restart(paths, _config_path(file), names)
-    raise typer.Exit(_report_up(paths, names, actions, json_output=False, wait=True, timeout=None))
+    raise typer.Exit(report_settled(paths, names, actions, json_output, wait=True, timeout=None))
 
 
 @app.command()
@@ -352,11 +281,12 @@ def check(file: FileOption = None) -> None:
 
 
 def run() -> None:
-    """The console script: the one place errors become a line on stderr and an exit code."""
+    """The console script: the one place errors become a line on stderr (JSON on stdout under
+    --json) and an exit code."""
     try:
         app(prog_name="llmctl")
     except LlmctlError as exc:
-        _stderr(f"llmctl: error: {exc}")
+        report_error(exc, "--json" in sys.argv[1:])
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         _stderr("llmctl: interrupted")

@@ -34,7 +34,9 @@ STATE_STYLES = {
     "backoff": "yellow",
     "failed": "bold red",
     "stopped": "dim",
+    "stopping": "yellow",
 }
+OUTCOME_MARKS = {"ok": ("✔", "green"), "failed": ("✘", "red"), "pending": ("…", "yellow")}
 
 
 def format_bytes(value: int | None) -> str:
@@ -130,14 +132,14 @@ def rich_table(status: dict[str, Any]) -> Any:
     from rich.text import Text
 
     supervisor = status.get("supervisor")
-    caption = (
+    caption = Text(
         f"supervisor pid {supervisor['pid']} · {supervisor.get('config') or 'no config'}"
         if supervisor
         else "no supervisor running"
     )
     memory = system_line(status)
     if memory:
-        caption += "\n" + memory
+        caption.append("\n" + memory)
     table = Table(caption=caption, caption_justify="left", header_style="bold")
     for column in COLUMNS:
         table.add_column(
@@ -146,9 +148,23 @@ def rich_table(status: dict[str, Any]) -> Any:
             justify="right" if column in ("PID", "RESTARTS", "MEMORY", "ESTIMATE", "CPU", "UPTIME") else "left",
         )
     for instance in status.get("instances", []):
-        cells = row(instance)
-        cells[3] = Text(cells[3], style=STATE_STYLES.get(instance["state"], ""))  # type: ignore[call-overload]
+        # Text, never a markup string: a model path or a server's error may hold "[/]".
+        cells = [Text(cell) for cell in row(instance)]
+        cells[3].stylize(STATE_STYLES.get(instance["state"], ""))
         table.add_row(*cells)
+    return table
+
+
+def progress_table(instances: list[dict[str, Any]]) -> Any:
+    """`up` on a terminal: one line per instance, updated as the supervisor reports changes."""
+    from rich.table import Table
+    from rich.text import Text
+
+    table = Table(show_header=False, box=None)
+    for instance in instances:
+        mark, style = OUTCOME_MARKS.get(instance["outcome"], ("?", ""))
+        state = Text(instance["state"], style=STATE_STYLES.get(instance["state"], ""))
+        table.add_row(Text(mark, style=style), Text(instance["name"]), state, Text(instance["url"]))
     return table
 
 

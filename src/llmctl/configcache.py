@@ -1,0 +1,102 @@
+"""A cache of validated configs, keyed by what validation depends on.
+
+Validating instances.yaml with the schema costs ~200 ms (PyYAML, pydantic building its validators);
+`llmctl up` when everything already runs should cost less than that in all. The schema's verdict
+depends only on the file's bytes, its path (relative paths resolve against its folder), the values
+of the environment variables it references and llmctl's version: with those unchanged, the last
+validated config is reused. The backend checks that look at the file system (does the GGUF exist?)
+run every time; when one fails, the full loader runs to report it with its line.
+
+Only valid configs are cached, in the state folder (0700), one small JSON file per key.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import re
+from pathlib import Path
+
+from . import __version__
+from .errors import ConfigError
+from .spec import Config
+
+_REFERENCE = re.compile(rb"\$\{([A-Za-z_][A-Za-z0-9_]*)")
+MAX_ENTRIES = 8
+MAX_CONFIG_BYTES = 4 * 1024 * 1024
+
+
+def cache_folder() -> Path:
+    from .paths import StatePaths
+
+    return StatePaths.default().root / "config-cache"
+
+
+def cache_key(path: Path, content: bytes) -> str:
+    digest = hashlib.sha256()
+    for part in (__version__.encode(), os.fsencode(path), content):
+        digest.update(len(part).to_bytes(8, "little") + part)
+    for name in sorted(set(_REFERENCE.findall(content))):
+        value = os.environ.get(name.decode())
+        digest.update(name + b"=" + (b"\0unset" if value is None else value.encode("utf-8", "surrogateescape")) + b"\n")
+    return digest.hexdigest()[:32]
+
+
+def load_config_cached(path: Path, folder: Path | None = None) -> Config:
+    """The validated config at `path`, from the cache when nothing it depends on changed."""
+    try:
+        content = _read(path)
+    except OSError:
+        return _full(path)  # the full loader words the error
+    folder = folder or cache_folder()
+    entry = folder / f"{cache_key(path, content)}.json"
+    cached = _cached(entry)
+    if cached is not None and _backend_checks_pass(cached):
+        return cached
+    config = _full(path)
+    _store(folder, entry, config)
+    return config
+
+
+def _read(path: Path) -> bytes:
+    with open(path, "rb") as source:
+        content = source.read(MAX_CONFIG_BYTES + 1)
+    if len(content) > MAX_CONFIG_BYTES:
+        raise OSError("too large")
+    return content
+
+
+def _full(path: Path) -> Config:
+    from .config import load_config
+
+    return load_config(path)
+
+
+def _cached(entry: Path) -> Config | None:
+    try:
+        return Config.from_dict(json.loads(entry.read_bytes()))
+    except (OSError, ValueError, TypeError, KeyError):
+        return None
+
+
+def _backend_checks_pass(config: Config) -> bool:
+    from .backends import backend_for
+
+    try:
+        return all(backend_for(spec.backend).check_spec(spec) is None for spec in config.instances)
+    except (ValueError, ConfigError):
+        return False
+
+
+def _store(folder: Path, entry: Path, config: Config) -> None:
+    from .state import write_atomically
+
+    with contextlib.suppress(OSError):
+        folder.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        folder.mkdir(mode=0o700, exist_ok=True)
+        write_atomically(entry, json.dumps(config.to_dict()))
+        entries = sorted(folder.glob("*.json"), key=lambda item: item.stat().st_mtime)
+        for stale in entries[:-MAX_ENTRIES]:
+            stale.unlink()

@@ -1,0 +1,491 @@
+"""One runner per instance: it alone owns the instance's process, lifecycle and state.
+
+Whoever wants the instance started, stopped or restarted (`up`, `down`, `restart`, the memory
+sampler, later the gateway) sends the runner a request with a reason and awaits the outcome; only
+the runner's own task signals its process. Every state change goes through `_move`, which checks
+the edge against llmctl.states, writes the event to the instance's log, persists and wakes waiters.
+
+The runner's task reads one request at a time, between the events it is waiting for (an exit, a
+ready answer, a probe, a timer), so no decision is taken from a stale snapshot.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import random
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from . import policy, process, states
+from .backends import NotReady, backend_for, safe_estimate
+from .errors import StartError
+from .memory import memory_fields
+from .ports import describe_busy_port, port_is_free
+from .redact import redact_argv, redact_env
+from .states import State
+
+if TYPE_CHECKING:
+    from .httpclient import HttpClient
+    from .loghub import LogHub
+    from .memory import TreeMemory
+    from .paths import StatePaths
+    from .spec import InstanceSpec
+
+log = logging.getLogger("llmctl.runner")
+STRICT_ENV = "LLMCTL_STRICT_STATES"  # tests set it: an illegal edge raises instead of being logged
+
+
+@dataclass
+class Services:
+    """What a runner needs from the fleet around it."""
+
+    paths: StatePaths
+    http: HttpClient
+    hub: LogHub
+    environ: dict[str, str]
+    binaries: dict[str, str] = field(default_factory=dict)
+    on_change: Callable[[Runner], None] = lambda runner: None
+
+
+@dataclass
+class Request:
+    kind: str  # start | stop | restart | replace
+    reason: str
+    spec: InstanceSpec | None = None
+    done: asyncio.Future[str] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+
+    def answer(self, outcome: str) -> None:
+        if not self.done.done():
+            self.done.set_result(outcome)
+
+
+class _Interrupted(Exception):
+    """A request arrived that ends the current phase; the runner handles it next."""
+
+    def __init__(self, request: Request) -> None:
+        self.request = request
+
+
+class _StartFailed(Exception):
+    def __init__(self, reason: str, *, retry: bool) -> None:
+        super().__init__(reason)
+        self.retry = retry
+
+
+@dataclass(frozen=True)
+class Adoption:
+    """A server a previous supervisor started, still running: the runner takes it over."""
+
+    handle: process.ProcessHandle
+    pgid: int
+    started_wall: float
+    restarts: int
+
+
+class Runner:
+    def __init__(self, spec: InstanceSpec, services: Services, adoption: Adoption | None = None) -> None:
+        self.spec = spec
+        self.services = services
+        self.state = State.STOPPED
+        self.reason = "not started"
+        self.state_since = time.monotonic()
+        self.popen: subprocess.Popen[bytes] | None = None
+        self.handle: process.ProcessHandle | None = None
+        self.pgid: int | None = None
+        self.started_wall: float | None = None
+        self.started_mono: float | None = None
+        self.history: list[policy.Attempt] = []
+        self.restarts = 0
+        self.last_exit: str | None = None
+        self.last_error: str | None = None
+        self.health: str | None = None
+        self.next_start_at: float | None = None
+        self.memory: TreeMemory | None = None
+        self.sampled_at = 0.0
+        self.estimate: int | None = safe_estimate(spec)
+        self.over_memory_since: float | None = None
+        self._inbox: asyncio.Queue[Request] = asyncio.Queue()
+        self._pending_get: asyncio.Future[Request] | None = None
+        if adoption is not None:
+            self._adopt(adoption)
+        self._task = asyncio.ensure_future(self._run())
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    # -- requests: the only way in ---------------------------------------------------------
+
+    def send(self, kind: str, reason: str) -> None:
+        """A request whose outcome nobody awaits (the memory sampler's)."""
+        self._inbox.put_nowait(Request(kind, reason))
+
+    async def request(self, kind: str, reason: str, spec: InstanceSpec | None = None) -> str:
+        request = Request(kind, reason, spec)
+        self._inbox.put_nowait(request)
+        return await request.done
+
+    def _adopt(self, adoption: Adoption) -> None:
+        self.handle, self.pgid, self.restarts = adoption.handle, adoption.pgid, adoption.restarts
+        self.started_wall = adoption.started_wall
+        self.started_mono = time.monotonic() - max(0.0, time.time() - adoption.started_wall)
+        self.history = [policy.Attempt(self.started_mono, became_ready=True)]
+        self._move(State.STARTING, f"adopting pid {adoption.handle.pid} from a previous supervisor")
+
+    async def close(self) -> None:
+        """Stop the instance and end the runner's task (the supervisor is exiting)."""
+        if self.state is not State.STOPPED:
+            await self.request("stop", "the supervisor is stopping")
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+
+    # -- the task ------------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                await self._phase()
+            except _Interrupted as interrupted:
+                await self._handle(interrupted.request)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # a bug must cost one instance, never the supervisor
+                log.exception("%s: runner error", self.name)
+                await self._give_up(f"internal error in llmctl: {exc!r}")
+
+    async def _phase(self) -> None:
+        if self.state in (State.STOPPED, State.FAILED):
+            await self._handle(await self._next_request())
+        elif self.state is State.BACKOFF:
+            delay = max(0.0, (self.next_start_at or 0.0) - time.monotonic())
+            await self._wait_for(set(), timeout=delay)
+            self.restarts += 1
+            self._move(State.STARTING, "backoff over: starting again")
+        elif self.state is State.STARTING:
+            await self._starting()
+        elif self.state in (State.HEALTHY, State.UNHEALTHY):
+            await self._watching()
+
+    async def _next_request(self) -> Request:
+        if self._pending_get is None:
+            self._pending_get = asyncio.ensure_future(self._inbox.get())
+        try:
+            return await asyncio.shield(self._pending_get)
+        finally:
+            if self._pending_get.done():
+                self._pending_get = None
+
+    async def _wait_for(
+        self, futures: set[asyncio.Future[Any]], timeout: float | None = None
+    ) -> set[asyncio.Future[Any]]:
+        """Wait for any of `futures` or a request; a request raises _Interrupted (start acks excepted)."""
+        while True:
+            if self._pending_get is None:
+                self._pending_get = asyncio.ensure_future(self._inbox.get())
+            done, _ = await asyncio.wait({*futures, self._pending_get}, timeout=timeout, return_when="FIRST_COMPLETED")
+            if self._pending_get not in done:
+                return done
+            request = self._pending_get.result()
+            self._pending_get = None
+            if request.kind == "start" and (request.spec is None or request.spec == self.spec):
+                request.answer("running")  # already running as asked: nothing to interrupt
+                continue
+            raise _Interrupted(request)
+
+    async def _handle(self, request: Request) -> None:
+        """A request, handled from whatever state the runner is in."""
+        running = self.handle is not None
+        if request.kind == "stop":
+            if running:
+                await self._stop_process(request.reason)
+            if self.state is not State.STOPPED:
+                self._move(State.STOPPED, request.reason)
+            self._release_log()
+            request.answer("stopped")
+        elif request.kind in ("start", "restart"):
+            if running:
+                await self._stop_process(request.reason)
+            self.spec = request.spec or self.spec
+            self.estimate = safe_estimate(self.spec)
+            if request.kind == "restart" or running:
+                self.restarts += 1
+            self.history, self.last_error = [], None
+            self._move(State.STARTING, request.reason)
+            request.answer("restarting" if running else "starting")
+        elif request.kind == "replace" and running:
+            await self._stop_process(request.reason)
+            self._after_end(request.reason, failed=True)
+            request.answer("replaced")
+        else:
+            request.answer("not running")
+
+    # -- starting ------------------------------------------------------------------------
+
+    async def _starting(self) -> None:
+        if self.handle is None:
+            try:
+                self._spawn()
+            except _StartFailed as failure:
+                self.history.append(policy.Attempt(time.monotonic()))
+                self.last_error = str(failure)
+                self._after_end(str(failure), failed=True, retry=failure.retry)
+                return
+        try:
+            await self._wait_ready()
+        except _StartFailed as failure:
+            self.last_error = str(failure)
+            if self.handle is not None:
+                await self._stop_process(str(failure))
+            self._after_end(str(failure), failed=True, retry=failure.retry)
+
+    def _spawn(self) -> None:
+        spec = self.spec
+        backend = backend_for(spec.backend)
+        try:
+            argv = backend.command(spec, backend.find_program(self.services.binaries.get(spec.backend)))
+        except StartError as exc:
+            raise _StartFailed(str(exc), retry=False) from None
+        except Exception as exc:  # an adapter's bug is this instance's start failure, never the request's
+            raise _StartFailed(f"the {spec.backend} adapter failed: {exc!r}", retry=False) from None
+        if not port_is_free(spec.host, spec.port):
+            raise _StartFailed(describe_busy_port(spec.host, spec.port), retry=False)
+        log_path = self.services.paths.log_file(spec.name)
+        try:
+            os.close(process.open_log(log_path))  # an unusable log file fails this start, not silently later
+        except OSError as exc:
+            raise _StartFailed(f"cannot start: log file {log_path}: {exc.strerror or exc}", retry=False) from None
+        self.note("starting: " + " ".join(redact_argv(argv)))
+        try:
+            output = self.services.hub.writer(spec.name)
+        except OSError as exc:
+            raise _StartFailed(f"cannot set up the log pipe: {exc.strerror or exc}", retry=False) from None
+        try:
+            self.popen = process.spawn(
+                argv, env=backend.environment(spec, self.services.environ), output=output, cwd=spec.workdir
+            )
+        except OSError as exc:
+            raise _StartFailed(f"cannot start {argv[0]}: {exc.strerror or exc}", retry=False) from None
+        finally:
+            os.close(output)
+        self.pgid = self.popen.pid  # a new session: its own process group, led by the server
+        self.handle = process.handle_of_child(self.popen.pid)
+        self.started_wall, self.started_mono = time.time(), time.monotonic()
+        self.history.append(policy.Attempt(self.started_mono))
+        self.services.on_change(self)  # persist the PID at once: a supervisor crash must not orphan it
+
+    async def _wait_ready(self) -> None:
+        assert self.handle is not None
+        spec = self.spec
+        backend = backend_for(spec.backend)
+        exited = asyncio.ensure_future(process.wait_for_exit(self.popen, self.handle))
+        ready = asyncio.ensure_future(backend.wait_ready(spec, self.services.http))
+        elapsed = time.monotonic() - (self.started_mono or time.monotonic())
+        try:
+            done = await self._wait_for({exited, ready}, timeout=max(0.0, spec.health.start_timeout - elapsed))
+        finally:
+            for future in (exited, ready):
+                future.cancel()
+        if exited in done:
+            await self._reap_group()
+            self._clear_process()
+            raise _StartFailed(f"the server {process.describe_exit(exited.result())} while starting", retry=True)
+        if ready not in done:
+            raise _StartFailed(f"not healthy within start_timeout ({spec.health.start_timeout:g}s)", retry=True)
+        try:
+            ready.result()
+        except NotReady as exc:
+            raise _StartFailed(str(exc), retry=True) from None
+        except Exception as exc:  # an answer the backend did not expect: report it, never crash
+            raise _StartFailed(f"readiness check failed: {exc}", retry=True) from None
+        self.history[-1:] = [policy.Attempt(self.history[-1].started if self.history else time.monotonic(), True)]
+        self.health = "ok"
+        self._move(State.HEALTHY, f"healthy after {time.monotonic() - (self.started_mono or 0):.2f}s")
+        with contextlib.suppress(Exception):
+            self.estimate = await backend.reported_memory(spec, self.services.http) or self.estimate
+
+    # -- running -------------------------------------------------------------------------
+
+    async def _watching(self) -> None:
+        assert self.handle is not None
+        spec = self.spec
+        backend = backend_for(spec.backend)
+        exited = asyncio.ensure_future(process.wait_for_exit(self.popen, self.handle))
+        failures = 0
+        try:
+            while True:
+                if await self._wait_for({exited}, timeout=spec.health.interval):
+                    await self._reap_group()
+                    code = exited.result()
+                    self._after_end(f"the server {process.describe_exit(code)}", failed=code != 0)
+                    return
+                probe = asyncio.ensure_future(backend.is_healthy(spec, self.services.http))
+                try:
+                    done = await self._wait_for({exited, probe})
+                finally:
+                    probe.cancel()
+                if probe not in done:
+                    continue  # the exit is handled at the top of the loop
+                failures = 0 if probe.result() else failures + 1
+                if not failures:
+                    self.health = "ok"
+                    if self.state is State.UNHEALTHY:
+                        self._move(State.HEALTHY, "a health check passed again")
+                    continue
+                self.health = f"failing ({failures}/{spec.health.failure_threshold})"
+                if self.state is State.HEALTHY:
+                    self._move(State.UNHEALTHY, f"health check failed ({failures}/{spec.health.failure_threshold})")
+                if failures >= spec.health.failure_threshold:
+                    reason = f"unhealthy: {failures} health checks failed in a row"
+                    await self._stop_process(reason)
+                    self._after_end(reason, failed=True)
+                    return
+        finally:
+            exited.cancel()
+
+    # -- endings -------------------------------------------------------------------------
+
+    def _after_end(self, reason: str, *, failed: bool, retry: bool = True) -> None:
+        """The process is gone (or never started): restart, or settle, per the policy."""
+        self.last_exit = reason
+        self._clear_process()
+        rules = policy.Rules(**vars(self.spec.restart))
+        now = time.monotonic()
+        self.history = policy.trim(self.history, rules, now)
+        decision = policy.decide(rules, self.history, now, failed=failed, jitter=random.uniform(-1, 1))
+        if retry and decision.restart:
+            self.next_start_at = now + decision.delay
+            self._move(State.BACKOFF, f"{reason}; restarting in {decision.delay:.1f}s")
+        elif failed or decision.crash_loop:
+            self._give_up_now(f"{decision.crash_loop} (last: {reason})" if decision.crash_loop else reason)
+        else:
+            self._move(State.STOPPED, f"{reason}; restart policy {rules.policy!r} does not restart it")
+            self._release_log()
+
+    async def _give_up(self, reason: str) -> None:
+        if self.handle is not None:
+            with contextlib.suppress(Exception):
+                await self._stop_process(reason)
+        self._clear_process()
+        if self.state is not State.FAILED:
+            self._give_up_now(reason)
+
+    def _give_up_now(self, reason: str) -> None:
+        self.last_error = reason
+        self._move(State.FAILED, reason)
+        self._release_log()
+
+    async def _stop_process(self, reason: str) -> None:
+        if self.state is not State.STOPPING:
+            self._move(State.STOPPING, reason)
+        if self.handle is not None and self.pgid is not None:
+            popen = self.popen
+            if not await process.stop_tree(
+                self.handle, self.pgid, self.spec.stop_timeout, reap=popen.poll if popen else None
+            ):
+                self.note("some processes survived SIGKILL")
+        await self._reap_group()
+        self._clear_process()
+
+    async def _reap_group(self) -> None:
+        """After the leader died or was stopped: nothing of its group may keep a port or memory."""
+        if self.pgid is not None:
+            process.kill_group_leftovers(self.pgid)
+        if self.popen is not None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.popen.wait(timeout=0)
+
+    def _clear_process(self) -> None:
+        self.popen = self.handle = self.pgid = None
+        self.started_wall = self.started_mono = None
+        self.memory = None
+        self.sampled_at = 0.0
+        self.over_memory_since = None
+        self.health = None
+        self.next_start_at = None
+
+    def _release_log(self) -> None:
+        self.services.hub.release(self.name)
+
+    # -- state and its record ------------------------------------------------------------
+
+    def _move(self, target: State, reason: str) -> None:
+        try:
+            states.check_edge(self.state, target)
+        except states.IllegalTransition:
+            if os.environ.get(STRICT_ENV):
+                raise
+            log.error("%s: illegal transition %s -> %s (%s)", self.name, self.state, target, reason)
+        previous, self.state, self.reason = self.state, target, reason
+        self.state_since = time.monotonic()
+        if target is not State.BACKOFF:
+            self.next_start_at = None
+        self.note(f"{previous} -> {target}: {reason}")
+        self.services.on_change(self)
+
+    def note(self, message: str) -> None:
+        """A line in the instance's own log, so `llmctl logs` tells the whole story."""
+        line = f"[llmctl {time.strftime('%Y-%m-%d %H:%M:%S')}] {message}\n"
+        log.info("%s: %s", self.name, message)
+        try:
+            fd = process.open_log(self.services.paths.log_file(self.name))
+        except OSError:
+            return
+        try:
+            os.write(fd, line.encode())
+        except OSError:
+            pass  # a full disk must not stop supervision
+        finally:
+            os.close(fd)
+
+    @property
+    def outcome(self) -> str:
+        failed_start = bool(self.history) and not self.history[-1].became_ready
+        return states.outcome(self.state, failed_start)
+
+    def describe(self) -> dict[str, Any]:
+        """This instance as the status document shows it."""
+        return describe(self.spec, self, str(self.services.paths.log_file(self.name)))
+
+
+def describe(spec: InstanceSpec, runner: Runner | None, log_path: str) -> dict[str, Any]:
+    """An instance in the status document; with no runner, as a stopped one no supervisor knows."""
+    now = time.monotonic()
+    state = runner.state if runner else State.STOPPED
+    running = runner is not None and runner.handle is not None
+    failed_starts = policy.failed_starts_in_a_row(runner.history) if runner else 0
+    return {
+        "name": spec.name,
+        "backend": spec.backend,
+        "model": spec.model,
+        "state": state.value,
+        "outcome": runner.outcome if runner else states.outcome(state, False),
+        "reason": runner.reason if runner else "not started",
+        "pid": runner.handle.pid if running and runner and runner.handle else None,
+        "host": spec.host,
+        "port": spec.port,
+        "url": spec.url,
+        "restarts": runner.restarts if runner else 0,
+        "uptime_s": round(now - runner.started_mono, 3) if running and runner and runner.started_mono else None,
+        "state_since_s": round(now - runner.state_since, 3) if runner else None,
+        **memory_fields(
+            runner.memory if running and runner else None, runner.estimate if runner else safe_estimate(spec)
+        ),
+        "health": runner.health if runner else None,
+        "start_failures": failed_starts,
+        "last_exit": runner.last_exit if runner else None,
+        "last_error": runner.last_error if runner else None,
+        "next_restart_in_s": (
+            round(max(0.0, runner.next_start_at - now), 3)
+            if runner and state is State.BACKOFF and runner.next_start_at
+            else None
+        ),
+        "log": log_path,
+        "env": redact_env(spec.env),
+    }
