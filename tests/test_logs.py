@@ -86,7 +86,9 @@ def test_over_long_lines_are_split_with_a_marker():
     from llmctl.logrelay import SPLIT_MARKER, split_lines
 
     out, rest = split_lines(b"", b"short\n" + b"y" * 25 + b"\nz" + b"w" * 30, max_line=10)
-    pieces = (b"y" * 10 + SPLIT_MARKER) * 2 + b"yyyyy\n" + b"z" + b"w" * 9 + SPLIT_MARKER + (b"w" * 10 + SPLIT_MARKER) * 2
+    pieces = (
+        (b"y" * 10 + SPLIT_MARKER) * 2 + b"yyyyy\n" + b"z" + b"w" * 9 + SPLIT_MARKER + (b"w" * 10 + SPLIT_MARKER) * 2
+    )
     assert out == b"short\n" + pieces
     assert rest == b"w"  # an unfinished line waits for its end, never longer than max_line
     assert all(len(line) <= 10 + len(SPLIT_MARKER) for line in out.splitlines(keepends=True))

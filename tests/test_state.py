@@ -78,8 +78,17 @@ def test_version_1_state_files_are_still_read(tmp_path):
                 "version": 1,
                 "config": "/x/instances.yaml",
                 "instances": [
-                    {"name": "old", "pid": 42, "create_time": 1.5, "pgid": 42, "started_at": 2.0, "spec": spec,
-                     "restarts": 3, "relay_pid": 43, "relay_create_time": 1.6}
+                    {
+                        "name": "old",
+                        "pid": 42,
+                        "create_time": 1.5,
+                        "pgid": 42,
+                        "started_at": 2.0,
+                        "spec": spec,
+                        "restarts": 3,
+                        "relay_pid": 43,
+                        "relay_create_time": 1.6,
+                    }
                 ],
             }
         )

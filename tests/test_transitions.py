@@ -59,7 +59,9 @@ def test_every_edge_of_the_table_happens_on_real_processes(tmp_path, state_dir):
         ("u", ("--load-seconds", "60"), probe % (3, 90) + quick % ("on-failure", 0.1, 0.1, 5)),
     ]:
         entries[name], sick[name], exits[name] = _instance(name, tmp_path, *flags, extra=extra)
-    missing = f"\n  - name: v\n    backend: command\n    command: [{tmp_path}/no-such-server]\n    port: {free_port()}\n"
+    missing = (
+        f"\n  - name: v\n    backend: command\n    command: [{tmp_path}/no-such-server]\n    port: {free_port()}\n"
+    )
     write_config(tmp_path, "instances:" + "".join(entries.values()) + missing)
 
     def state_of(name: str) -> str:
@@ -112,7 +114,9 @@ def test_every_edge_of_the_table_happens_on_real_processes(tmp_path, state_dir):
     until("s", "failed", timeout=30)  # starting -> stopping (start_timeout) -> backoff ... -> failed (crash loop)
     until("t", "backoff")  # starting -> backoff
     until("v", "failed")  # starting -> failed (no such program)
-    assert llmctl("down", "s", "t", "u", cwd=tmp_path).returncode == 0  # failed/backoff -> stopped; starting -> stopping
+    assert (
+        llmctl("down", "s", "t", "u", cwd=tmp_path).returncode == 0
+    )  # failed/backoff -> stopped; starting -> stopping
     assert llmctl("down", cwd=tmp_path).returncode == 0  # healthy -> stopping -> stopped
 
     seen = set()

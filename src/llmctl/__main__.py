@@ -58,9 +58,7 @@ def _fast_status(argv: list[str]) -> int | None:
 
 
 def _fast_up(argv: list[str]) -> int | None:
-    parsed = _parse(
-        argv, {"--json", "--no-wait", "--force"}, {"--timeout": "timeout", "--file": "file", "-f": "file"}
-    )
+    parsed = _parse(argv, {"--json", "--no-wait", "--force"}, {"--timeout": "timeout", "--file": "file", "-f": "file"})
     if parsed is None:
         return None
     try:

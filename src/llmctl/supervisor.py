@@ -115,7 +115,9 @@ class Supervisor:
         if not handle.is_alive():
             log.info("%s: recorded pid %s is gone; not adopting", record.name, record.pid)
             return None
-        return Runner(spec, self.services, Adoption(handle, record.pgid or record.pid, record.started_at, record.restarts))
+        return Runner(
+            spec, self.services, Adoption(handle, record.pgid or record.pid, record.started_at, record.restarts)
+        )
 
     def _learn_settings(self, config: dict[str, Any]) -> None:
         self.config_path = config.get("path") if isinstance(config.get("path"), str) else self.config_path

@@ -15,6 +15,7 @@ misbehaves on request:
     --sick-file PATH       answer 500 to /health while PATH exists (a hung or broken server)
     --exit-file PATH       once PATH exists, exit with the code it holds (0 if empty)
     --tick S               print "tick N" every S seconds
+    --count-term           print "got SIGTERM" for each SIGTERM, and exit 0.5 s after the first
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ def main() -> int:
     parser.add_argument("--sick-file")
     parser.add_argument("--exit-file")
     parser.add_argument("--tick", type=float, default=0.0)
+    parser.add_argument("--count-term", action="store_true")
     args = parser.parse_args()
 
     print(f"fake server pid {os.getpid()} starting", flush=True)
@@ -51,6 +53,8 @@ def main() -> int:
         return args.exit_at_once
     if args.ignore_term:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    if args.count_term:
+        signal.signal(signal.SIGTERM, _count_term)
     for _ in range(args.children):
         subprocess.Popen([sys.executable, "-c", "import time; time.sleep(1000)"])
     if args.escaping_child:
@@ -89,6 +93,11 @@ def main() -> int:
     print(f"fake server listening on {args.port}", flush=True)
     server.serve_forever()
     return 0
+
+
+def _count_term(*_: object) -> None:
+    print("got SIGTERM", flush=True)
+    threading.Timer(0.5, os._exit, args=(0,)).start()
 
 
 def _exit_when(path: str) -> None:

@@ -123,6 +123,7 @@ def poll_delays() -> Iterator[float]:
 async def poll_until_ok(http: HttpClient, url: str, timeout: float, accept: tuple[int, ...] = (200,)) -> None:
     """Poll `url`, at a growing interval, until it answers with one of `accept`."""
     import asyncio  # here, not at the top: see the module docstring
+
     for delay in poll_delays():
         if await get_status(http, url, timeout) in accept:
             return

@@ -92,6 +92,7 @@ class MlxBackend(Backend):
 
     async def wait_ready(self, spec: InstanceSpec, http: HttpClient) -> None:
         import asyncio  # here, not at the top: see base.py's docstring
+
         await poll_until_ok(http, self.liveness_url(spec), spec.health.timeout)
         completion = asyncio.ensure_future(self._first_token(spec, http))
         try:

@@ -36,6 +36,7 @@ class OllamaBackend(Backend):
 
     async def wait_ready(self, spec: InstanceSpec, http: HttpClient) -> None:
         import asyncio  # here, not at the top: see base.py's docstring
+
         # Ollama accepts connections before it serves them: short probe timeouts, retried.
         await poll_until_ok(http, self.liveness_url(spec), min(spec.health.timeout, 1.0))
         await self._preload(spec, http)

@@ -107,8 +107,6 @@ class _UpProgress:
             self.live = None
 
 
-
-
 def report_error(exc: LlmctlError, as_json: bool) -> None:
     """An error as one line on stderr, or under --json as a JSON document on stdout."""
     if as_json:
