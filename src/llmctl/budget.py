@@ -20,12 +20,19 @@ def format_bytes(value: int) -> str:
     return f"{value} B"
 
 
-def check_budget(candidates: list[Candidate], in_use: int, budget: int, source: str) -> None:
+def check_budget(candidates: list[Candidate], in_use: int, budget: int | None, config_path: str | None) -> None:
     """Raise BudgetExceeded naming every figure when the candidates' estimates would not fit.
 
     Instances with no estimate (an Ollama model before its server runs) cannot be checked and
-    are let through: refusing them would make the budget a guess.
+    are let through: refusing them would make the budget a guess. No budget in the config: the
+    platform's default (llmctl.memory.default_budget).
     """
+    source = f"memory_budget in {config_path}"
+    if budget is None:
+        from .memory import IS_MACOS, default_budget
+
+        budget = default_budget()
+        source = "the default: " + ("the GPU wired limit" if IS_MACOS else "90% of memory")
     needed = sum(candidate.estimate or 0 for candidate in candidates)
     if not needed or in_use + needed <= budget:
         return

@@ -13,7 +13,6 @@ supervisor, which runs elsewhere, sees the same files the user meant.
 
 from __future__ import annotations
 
-import os
 import re
 import shlex
 from collections.abc import Mapping
@@ -22,13 +21,13 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from .configprep import FieldProblem, apply_defaults, expand_variables
 from .errors import ConfigError
 from .paths import CONFIG_ENV, DEFAULT_CONFIG_NAME
 from .spec import Config, InstanceSpec
 from .yamlsource import LineDict, YamlSyntaxError, line_of, load_yaml
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
-_VARIABLE = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
 class _Strict(BaseModel):
@@ -209,10 +208,10 @@ class ConfigModel(_Strict):
         seen_ports: dict[int, str] = {}
         for index, instance in enumerate(self.instances):
             if instance.name in seen_names:
-                raise _FieldProblem(("instances", index, "name"), f"duplicate name {instance.name!r}")
+                raise FieldProblem(("instances", index, "name"), f"duplicate name {instance.name!r}")
             seen_names.add(instance.name)
             if instance.port in seen_ports:
-                raise _FieldProblem(
+                raise FieldProblem(
                     ("instances", index, "port"),
                     f"port {instance.port} is already used by instance {seen_ports[instance.port]!r}",
                 )
@@ -228,17 +227,6 @@ class ConfigModel(_Strict):
             log_backups=self.logs.backups,
             memory_budget=self.memory_budget,
         )
-
-
-class _FieldProblem(Exception):
-    """A problem found outside field validation, with the path of the field it concerns.
-
-    Not a ValueError on purpose: pydantic would swallow one into a ValidationError without its path.
-    """
-
-    def __init__(self, location: tuple[Any, ...], message: str) -> None:
-        super().__init__(message)
-        self.location = location
 
 
 def _size(value: Any) -> int:
@@ -282,10 +270,10 @@ def parse_config(text: str, path: Path) -> Config:
     if not isinstance(document, LineDict):
         raise ConfigError(_located(path, 1, "the top level must be a mapping with an `instances:` list"))
     try:
-        expanded = _expand_variables(document, ())
-        prepared = _apply_defaults(expanded, path.parent)
+        expanded = expand_variables(document, ())
+        prepared = apply_defaults(expanded, path.parent, DefaultsModel.model_fields)
         config = ConfigModel.model_validate({**prepared, "path": str(path)}).to_spec()
-    except _FieldProblem as exc:
+    except FieldProblem as exc:
         message = _describe(document, exc.location, str(exc))
         raise ConfigError(_located(path, line_of(document, exc.location), message)) from None
     except ValidationError as exc:
@@ -303,58 +291,6 @@ def _backend_problem(instance: InstanceSpec) -> tuple[str, str] | None:
     from .backends import backend_for
 
     return backend_for(instance.backend).check_spec(instance)
-
-
-def _expand_variables(node: Any, location: tuple[Any, ...]) -> Any:
-    """`${VAR}` and `${VAR:-default}` from the environment in every string; `$$` is a literal `$`."""
-    if isinstance(node, dict):
-        out: Any = LineDict((key, _expand_variables(value, (*location, key))) for key, value in node.items())
-        out.lines, out.line = node.lines, node.line
-        return out
-    if isinstance(node, list):
-        return [_expand_variables(item, (*location, index)) for index, item in enumerate(node)]
-    if not isinstance(node, str) or "$" not in node:
-        return node
-
-    def substitute(match: re.Match[str]) -> str:
-        if match.group(0) == "$$":
-            return "$"
-        name, default = match.group(1), match.group(2)
-        value = os.environ.get(name)
-        if value is None or (value == "" and default is not None):
-            if default is None:
-                raise _FieldProblem(
-                    location, f"environment variable ${{{name}}} is not set (or write ${{{name}:-default}})"
-                )
-            return default
-        return value
-
-    return _VARIABLE.sub(substitute, node)
-
-
-def _apply_defaults(document: dict[str, Any], config_dir: Path) -> dict[str, Any]:
-    defaults = document.get("defaults") or {}
-    instances = document.get("instances")
-    if not isinstance(instances, list) or not isinstance(defaults, dict):
-        return dict(document)  # let the schema report the wrong type
-    merged = []
-    for instance in instances:
-        if not isinstance(instance, dict):
-            merged.append(instance)
-            continue
-        entry = dict(instance)
-        for key, value in defaults.items():
-            if key not in DefaultsModel.model_fields:
-                continue  # reported by the schema as an unknown key under `defaults`
-            if isinstance(value, dict) and isinstance(entry.get(key, {}), dict):
-                entry[key] = {**value, **entry.get(key, {})}
-            else:
-                entry.setdefault(key, value)
-        if isinstance(entry.get("restart"), (str, bool)):
-            entry["restart"] = {"policy": entry["restart"]}
-        entry["workdir"] = str(config_dir)
-        merged.append(entry)
-    return {**document, "instances": merged}
 
 
 def _first_validation_error(path: Path, document: Any, error: ValidationError) -> str:

@@ -17,6 +17,7 @@ import signal
 import stat
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -100,13 +101,31 @@ class LogHub:
     # -- FIFOs ---------------------------------------------------------------------------
 
     def writer(self, name: str) -> int:
-        """A blocking write descriptor on NAME's FIFO, for the server's stdout and stderr."""
+        """A blocking write descriptor on NAME's FIFO, for the server's stdout and stderr.
+
+        The log file is opened first: an unusable one (a planted symlink, no space) fails this start
+        with its path, instead of losing the server's output silently later."""
+        os.close(process.open_log(self.paths.log_file(name)))
         self._keep(name)
         fd = os.open(self._fifo(name), os.O_WRONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
         flags = fcntl.fcntl(fd, fcntl.F_GETFL)
         fcntl.fcntl(fd, fcntl.F_SETFL, flags & ~os.O_NONBLOCK)
         self._nudge()
         return fd
+
+    def note(self, name: str, message: str) -> None:
+        """An llmctl line in NAME's log, beside what its server prints."""
+        line = f"[llmctl {time.strftime('%Y-%m-%d %H:%M:%S')}] {message}\n"
+        try:
+            fd = process.open_log(self.paths.log_file(name))
+        except OSError:
+            return
+        try:
+            os.write(fd, line.encode())
+        except OSError:
+            pass  # a full disk must not stop supervision
+        finally:
+            os.close(fd)
 
     def release(self, name: str) -> None:
         """NAME's server is gone: let the hub drain its FIFO and close it."""

@@ -275,3 +275,7 @@ def system_summary(instances: list[dict[str, Any]], budget: int | None) -> dict[
         "memory_kind": platform_memory_kind(),
         "memory_budget_bytes": budget if budget is not None else default_budget(),
     }
+
+
+def own_rss() -> int:
+    return int(psutil.Process().memory_info().rss)

@@ -6,7 +6,7 @@ the runner's own task signals its process. Every state change goes through `_mov
 the edge against llmctl.states, writes the event to the instance's log, persists and wakes waiters.
 
 The runner's task reads one request at a time, between the events it is waiting for (an exit, a
-ready answer, a probe, a timer), so no decision is taken from a stale snapshot.
+ready answer, a probe, a timer: llmctl.mailbox), so no decision is taken from a stale snapshot.
 """
 
 from __future__ import annotations
@@ -16,19 +16,19 @@ import contextlib
 import logging
 import os
 import random
-import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from . import policy, process, states
+from . import policy, process, state, states
 from .backends import NotReady, backend_for, safe_estimate
 from .errors import StartError
-from .memory import memory_fields
+from .mailbox import Interrupted, Mailbox, Request
 from .ports import describe_busy_port, port_is_free
-from .redact import redact_argv, redact_env
-from .states import State
+from .redact import redact_argv
+from .serverprocess import ServerProcess
+from .states import WANTED_RUNNING, State
 
 if TYPE_CHECKING:
     from .httpclient import HttpClient
@@ -51,25 +51,6 @@ class Services:
     environ: dict[str, str]
     binaries: dict[str, str] = field(default_factory=dict)
     on_change: Callable[[Runner], None] = lambda runner: None
-
-
-@dataclass
-class Request:
-    kind: str  # start | stop | restart | replace
-    reason: str
-    spec: InstanceSpec | None = None
-    done: asyncio.Future[str] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
-
-    def answer(self, outcome: str) -> None:
-        if not self.done.done():
-            self.done.set_result(outcome)
-
-
-class _Interrupted(Exception):
-    """A request arrived that ends the current phase; the runner handles it next."""
-
-    def __init__(self, request: Request) -> None:
-        self.request = request
 
 
 class _StartFailed(Exception):
@@ -95,11 +76,7 @@ class Runner:
         self.state = State.STOPPED
         self.reason = "not started"
         self.state_since = time.monotonic()
-        self.popen: subprocess.Popen[bytes] | None = None
-        self.handle: process.ProcessHandle | None = None
-        self.pgid: int | None = None
-        self.started_wall: float | None = None
-        self.started_mono: float | None = None
+        self.server: ServerProcess | None = None
         self.history: list[policy.Attempt] = []
         self.restarts = 0
         self.last_exit: str | None = None
@@ -110,8 +87,7 @@ class Runner:
         self.sampled_at = 0.0
         self.estimate: int | None = safe_estimate(spec)
         self.over_memory_since: float | None = None
-        self._inbox: asyncio.Queue[Request] = asyncio.Queue()
-        self._pending_get: asyncio.Future[Request] | None = None
+        self._mailbox = Mailbox()
         if adoption is not None:
             self._adopt(adoption)
         self._task = asyncio.ensure_future(self._run())
@@ -124,18 +100,17 @@ class Runner:
 
     def send(self, kind: str, reason: str) -> None:
         """A request whose outcome nobody awaits (the memory sampler's)."""
-        self._inbox.put_nowait(Request(kind, reason))
+        self._mailbox.put(Request(kind, reason))
 
     async def request(self, kind: str, reason: str, spec: InstanceSpec | None = None) -> str:
         request = Request(kind, reason, spec)
-        self._inbox.put_nowait(request)
+        self._mailbox.put(request)
         return await request.done
 
     def _adopt(self, adoption: Adoption) -> None:
-        self.handle, self.pgid, self.restarts = adoption.handle, adoption.pgid, adoption.restarts
-        self.started_wall = adoption.started_wall
-        self.started_mono = time.monotonic() - max(0.0, time.time() - adoption.started_wall)
-        self.history = [policy.Attempt(self.started_mono, became_ready=True)]
+        self.server = ServerProcess.adopted(adoption.handle, adoption.pgid, adoption.started_wall)
+        self.restarts = adoption.restarts
+        self.history = [policy.Attempt(self.server.started_mono, became_ready=True)]
         self._move(State.STARTING, f"adopting pid {adoption.handle.pid} from a previous supervisor")
 
     async def close(self) -> None:
@@ -152,7 +127,7 @@ class Runner:
         while True:
             try:
                 await self._phase()
-            except _Interrupted as interrupted:
+            except Interrupted as interrupted:
                 await self._handle(interrupted.request)
             except asyncio.CancelledError:
                 raise
@@ -162,7 +137,7 @@ class Runner:
 
     async def _phase(self) -> None:
         if self.state in (State.STOPPED, State.FAILED):
-            await self._handle(await self._next_request())
+            await self._handle(await self._mailbox.get())
         elif self.state is State.BACKOFF:
             delay = max(0.0, (self.next_start_at or 0.0) - time.monotonic())
             await self._wait_for(set(), timeout=delay)
@@ -173,35 +148,21 @@ class Runner:
         elif self.state in (State.HEALTHY, State.UNHEALTHY):
             await self._watching()
 
-    async def _next_request(self) -> Request:
-        if self._pending_get is None:
-            self._pending_get = asyncio.ensure_future(self._inbox.get())
-        try:
-            return await asyncio.shield(self._pending_get)
-        finally:
-            if self._pending_get.done():
-                self._pending_get = None
-
     async def _wait_for(
         self, futures: set[asyncio.Future[Any]], timeout: float | None = None
     ) -> set[asyncio.Future[Any]]:
-        """Wait for any of `futures` or a request; a request raises _Interrupted (start acks excepted)."""
-        while True:
-            if self._pending_get is None:
-                self._pending_get = asyncio.ensure_future(self._inbox.get())
-            done, _ = await asyncio.wait({*futures, self._pending_get}, timeout=timeout, return_when="FIRST_COMPLETED")
-            if self._pending_get not in done:
-                return done
-            request = self._pending_get.result()
-            self._pending_get = None
-            if request.kind == "start" and (request.spec is None or request.spec == self.spec):
-                request.answer("running")  # already running as asked: nothing to interrupt
-                continue
-            raise _Interrupted(request)
+        return await self._mailbox.wait(futures, timeout, self._absorb)
+
+    def _absorb(self, request: Request) -> bool:
+        """A start of what already runs as asked is answered without interrupting anything."""
+        if request.kind == "start" and (request.spec is None or request.spec == self.spec):
+            request.answer("running")
+            return True
+        return False
 
     async def _handle(self, request: Request) -> None:
         """A request, handled from whatever state the runner is in."""
-        running = self.handle is not None
+        running = self.server is not None
         if request.kind == "stop":
             if running:
                 await self._stop_process(request.reason)
@@ -229,7 +190,7 @@ class Runner:
     # -- starting ------------------------------------------------------------------------
 
     async def _starting(self) -> None:
-        if self.handle is None:
+        if self.server is None:
             try:
                 self._spawn()
             except _StartFailed as failure:
@@ -241,7 +202,7 @@ class Runner:
             await self._wait_ready()
         except _StartFailed as failure:
             self.last_error = str(failure)
-            if self.handle is not None:
+            if self.server is not None:
                 await self._stop_process(str(failure))
             self._after_end(str(failure), failed=True, retry=failure.retry)
 
@@ -256,44 +217,35 @@ class Runner:
             raise _StartFailed(f"the {spec.backend} adapter failed: {exc!r}", retry=False) from None
         if not port_is_free(spec.host, spec.port):
             raise _StartFailed(describe_busy_port(spec.host, spec.port), retry=False)
-        log_path = self.services.paths.log_file(spec.name)
-        try:
-            os.close(process.open_log(log_path))  # an unusable log file fails this start, not silently later
-        except OSError as exc:
-            raise _StartFailed(f"cannot start: log file {log_path}: {exc.strerror or exc}", retry=False) from None
-        self.note("starting: " + " ".join(redact_argv(argv)))
         try:
             output = self.services.hub.writer(spec.name)
         except OSError as exc:
-            raise _StartFailed(f"cannot set up the log pipe: {exc.strerror or exc}", retry=False) from None
+            raise _StartFailed(f"cannot start: {exc.filename}: {exc.strerror or exc}", retry=False) from None
+        self.note("starting: " + " ".join(redact_argv(argv)))
         try:
-            self.popen = process.spawn(
-                argv, env=backend.environment(spec, self.services.environ), output=output, cwd=spec.workdir
-            )
+            env = backend.environment(spec, self.services.environ)
+            self.server = ServerProcess.spawn(argv, env=env, output=output, cwd=spec.workdir)
         except OSError as exc:
             raise _StartFailed(f"cannot start {argv[0]}: {exc.strerror or exc}", retry=False) from None
         finally:
             os.close(output)
-        self.pgid = self.popen.pid  # a new session: its own process group, led by the server
-        self.handle = process.handle_of_child(self.popen.pid)
-        self.started_wall, self.started_mono = time.time(), time.monotonic()
-        self.history.append(policy.Attempt(self.started_mono))
+        self.history.append(policy.Attempt(self.server.started_mono))
         self.services.on_change(self)  # persist the PID at once: a supervisor crash must not orphan it
 
     async def _wait_ready(self) -> None:
-        assert self.handle is not None
-        spec = self.spec
+        assert self.server is not None
+        spec, server = self.spec, self.server
         backend = backend_for(spec.backend)
-        exited = asyncio.ensure_future(process.wait_for_exit(self.popen, self.handle))
+        exited = asyncio.ensure_future(server.exited())
         ready = asyncio.ensure_future(backend.wait_ready(spec, self.services.http))
-        elapsed = time.monotonic() - (self.started_mono or time.monotonic())
+        elapsed = time.monotonic() - server.started_mono
         try:
             done = await self._wait_for({exited, ready}, timeout=max(0.0, spec.health.start_timeout - elapsed))
         finally:
             for future in (exited, ready):
                 future.cancel()
         if exited in done:
-            await self._reap_group()
+            server.reap_group()
             self._clear_process()
             raise _StartFailed(f"the server {process.describe_exit(exited.result())} while starting", retry=True)
         if ready not in done:
@@ -306,22 +258,22 @@ class Runner:
             raise _StartFailed(f"readiness check failed: {exc}", retry=True) from None
         self.history[-1:] = [policy.Attempt(self.history[-1].started if self.history else time.monotonic(), True)]
         self.health = "ok"
-        self._move(State.HEALTHY, f"healthy after {time.monotonic() - (self.started_mono or 0):.2f}s")
+        self._move(State.HEALTHY, f"healthy after {time.monotonic() - server.started_mono:.2f}s")
         with contextlib.suppress(Exception):
             self.estimate = await backend.reported_memory(spec, self.services.http) or self.estimate
 
     # -- running -------------------------------------------------------------------------
 
     async def _watching(self) -> None:
-        assert self.handle is not None
-        spec = self.spec
+        assert self.server is not None
+        spec, server = self.spec, self.server
         backend = backend_for(spec.backend)
-        exited = asyncio.ensure_future(process.wait_for_exit(self.popen, self.handle))
+        exited = asyncio.ensure_future(server.exited())
         failures = 0
         try:
             while True:
                 if await self._wait_for({exited}, timeout=spec.health.interval):
-                    await self._reap_group()
+                    server.reap_group()
                     code = exited.result()
                     self._after_end(f"the server {process.describe_exit(code)}", failed=code != 0)
                     return
@@ -369,7 +321,7 @@ class Runner:
             self._release_log()
 
     async def _give_up(self, reason: str) -> None:
-        if self.handle is not None:
+        if self.server is not None:
             with contextlib.suppress(Exception):
                 await self._stop_process(reason)
         self._clear_process()
@@ -384,26 +336,12 @@ class Runner:
     async def _stop_process(self, reason: str) -> None:
         if self.state is not State.STOPPING:
             self._move(State.STOPPING, reason)
-        if self.handle is not None and self.pgid is not None:
-            popen = self.popen
-            if not await process.stop_tree(
-                self.handle, self.pgid, self.spec.stop_timeout, reap=popen.poll if popen else None
-            ):
-                self.note("some processes survived SIGKILL")
-        await self._reap_group()
+        if self.server is not None and not await self.server.stop(self.spec.stop_timeout):
+            self.note("some processes survived SIGKILL")
         self._clear_process()
 
-    async def _reap_group(self) -> None:
-        """After the leader died or was stopped: nothing of its group may keep a port or memory."""
-        if self.pgid is not None:
-            process.kill_group_leftovers(self.pgid)
-        if self.popen is not None:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self.popen.wait(timeout=0)
-
     def _clear_process(self) -> None:
-        self.popen = self.handle = self.pgid = None
-        self.started_wall = self.started_mono = None
+        self.server = None
         self.memory = None
         self.sampled_at = 0.0
         self.over_memory_since = None
@@ -431,18 +369,24 @@ class Runner:
 
     def note(self, message: str) -> None:
         """A line in the instance's own log, so `llmctl logs` tells the whole story."""
-        line = f"[llmctl {time.strftime('%Y-%m-%d %H:%M:%S')}] {message}\n"
         log.info("%s: %s", self.name, message)
-        try:
-            fd = process.open_log(self.services.paths.log_file(self.name))
-        except OSError:
-            return
-        try:
-            os.write(fd, line.encode())
-        except OSError:
-            pass  # a full disk must not stop supervision
-        finally:
-            os.close(fd)
+        self.services.hub.note(self.name, message)
+
+    def record(self) -> state.InstanceRecord | None:
+        """What state.json keeps of this instance: anything with a process, or meant to run."""
+        server = self.server
+        if server is None and self.state not in WANTED_RUNNING:
+            return None
+        return state.InstanceRecord(
+            name=self.name,
+            spec=self.spec.to_dict(),
+            wanted=self.state in WANTED_RUNNING,
+            pid=server.pid if server else 0,
+            create_time=server.handle.create_time if server else 0.0,
+            pgid=server.pgid if server else 0,
+            started_at=server.started_wall if server else 0.0,
+            restarts=self.restarts,
+        )
 
     @property
     def outcome(self) -> str:
@@ -451,41 +395,6 @@ class Runner:
 
     def describe(self) -> dict[str, Any]:
         """This instance as the status document shows it."""
+        from .instancestatus import describe
+
         return describe(self.spec, self, str(self.services.paths.log_file(self.name)))
-
-
-def describe(spec: InstanceSpec, runner: Runner | None, log_path: str) -> dict[str, Any]:
-    """An instance in the status document; with no runner, as a stopped one no supervisor knows."""
-    now = time.monotonic()
-    state = runner.state if runner else State.STOPPED
-    running = runner is not None and runner.handle is not None
-    failed_starts = policy.failed_starts_in_a_row(runner.history) if runner else 0
-    return {
-        "name": spec.name,
-        "backend": spec.backend,
-        "model": spec.model,
-        "state": state.value,
-        "outcome": runner.outcome if runner else states.outcome(state, False),
-        "reason": runner.reason if runner else "not started",
-        "pid": runner.handle.pid if running and runner and runner.handle else None,
-        "host": spec.host,
-        "port": spec.port,
-        "url": spec.url,
-        "restarts": runner.restarts if runner else 0,
-        "uptime_s": round(now - runner.started_mono, 3) if running and runner and runner.started_mono else None,
-        "state_since_s": round(now - runner.state_since, 3) if runner else None,
-        **memory_fields(
-            runner.memory if running and runner else None, runner.estimate if runner else safe_estimate(spec)
-        ),
-        "health": runner.health if runner else None,
-        "start_failures": failed_starts,
-        "last_exit": runner.last_exit if runner else None,
-        "last_error": runner.last_error if runner else None,
-        "next_restart_in_s": (
-            round(max(0.0, runner.next_start_at - now), 3)
-            if runner and state is State.BACKOFF and runner.next_start_at
-            else None
-        ),
-        "log": log_path,
-        "env": redact_env(spec.env),
-    }

@@ -44,8 +44,8 @@ def status(paths: StatePaths, config_path: Path, names: list[str]) -> dict[str, 
     if supervisor_is_needed(paths):
         answer = client.request(paths, {"op": "status"})
         return _selected(answer, names, config_path)
+    from .instancestatus import describe
     from .memory import system_summary
-    from .runner import describe
 
     config = load_config(config_path)
     specs = config.select(names)
@@ -58,7 +58,7 @@ def _selected(answer: dict[str, Any], names: list[str], config_path: Path) -> di
     ran is shown stopped, as the supervisor would show it."""
     instances, unknown = statusdoc.select(answer["instances"], names)
     if unknown:
-        from .runner import describe
+        from .instancestatus import describe
 
         config = _config_or_none(config_path)
         for name in unknown:

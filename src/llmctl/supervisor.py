@@ -16,12 +16,13 @@ from typing import TYPE_CHECKING, Any
 
 from . import state, statusdoc
 from .backends import safe_estimate
-from .budget import Candidate, check_budget, format_bytes
+from .budget import Candidate, check_budget
 from .errors import ConfigError
 from .httpclient import HttpClient
 from .loghub import LogHub
-from .memory import IS_MACOS, GpuMemory, default_budget, sample_tree, system_summary
+from .memory import own_rss, system_summary
 from .runner import Adoption, Runner, Services
+from .sampler import Sampler
 from .spec import Config, InstanceSpec
 from .states import PENDING, RUNNING, WANTED_RUNNING, State
 
@@ -31,11 +32,6 @@ if TYPE_CHECKING:
     from .paths import StatePaths
 
 log = logging.getLogger("llmctl.supervisor")
-
-SAMPLE_TICK = 1.0
-SAMPLE_EVERY = 10.0  # memory changes slowly once a server has loaded
-SAMPLE_EVERY_WATCHED = 2.0  # right after a start, and for instances with max_memory
-STATUS_FRESHNESS = 5.0  # `status` resamples what is older than this
 
 
 class Supervisor:
@@ -51,14 +47,13 @@ class Supervisor:
         self.services = Services(paths, HttpClient(), LogHub(paths), dict(os.environ if environ is None else environ))
         self.services.on_change = self._changed
         self._change = asyncio.Event()
-        self._samplers: dict[int, Any] = {}
-        self._gpu = GpuMemory()
+        self.sampler = Sampler(lambda: self.runners.values())
         self._adopting = False
 
     async def __aenter__(self) -> Supervisor:
         self.services.hub.start()
         await self._adopt_recorded()
-        self._sampler_task = asyncio.ensure_future(self._sample_forever())
+        self._sampler_task = asyncio.ensure_future(self.sampler.run_forever())
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
@@ -206,16 +201,14 @@ class Supervisor:
 
     def status(self) -> dict[str, Any]:
         now = time.monotonic()
-        for runner in self.runners.values():
-            if runner.handle is not None and now - runner.sampled_at > STATUS_FRESHNESS:
-                self._sample(runner)
+        self.sampler.refresh_stale()
         instances = [runner.describe() for runner in self.runners.values()]
         supervisor = {
             "pid": os.getpid(),
             "uptime_s": round(now - self.started_mono, 3),
             "config": self.config_path,
             "state_dir": str(self.paths.root),
-            "memory_rss_bytes": _own_rss(),
+            "memory_rss_bytes": own_rss(),
             "log_hub_pid": self.services.hub.handle.pid if self.services.hub.handle else None,
             "requests": dict(self.requests),
         }
@@ -240,11 +233,8 @@ class Supervisor:
             for runner in self.runners.values()
             if runner.memory and runner.state in RUNNING and runner.name not in starting
         )
-        budget, source = self.memory_budget, f"memory_budget in {self.config_path}"
-        if budget is None:
-            budget = default_budget()
-            source = "the default: " + ("the GPU wired limit" if IS_MACOS else "90% of memory")
-        check_budget([Candidate(spec.name, safe_estimate(spec)) for spec in specs], in_use, budget, source)
+        candidates = [Candidate(spec.name, safe_estimate(spec)) for spec in specs]
+        check_budget(candidates, in_use, self.memory_budget, self.config_path)
 
     # -- bookkeeping ---------------------------------------------------------------------
 
@@ -256,83 +246,12 @@ class Supervisor:
         self._change = asyncio.Event()
 
     def _save(self) -> None:
-        records = [
-            state.InstanceRecord(
-                name=runner.name,
-                spec=runner.spec.to_dict(),
-                wanted=runner.state in WANTED_RUNNING,
-                pid=runner.handle.pid if runner.handle else 0,
-                create_time=runner.handle.create_time if runner.handle else 0.0,
-                pgid=runner.pgid or 0,
-                started_at=runner.started_wall or 0.0,
-                restarts=runner.restarts,
-            )
-            for runner in self.runners.values()
-            if runner.handle is not None or runner.state in WANTED_RUNNING
-        ]
+        records = [runner.record() for runner in self.runners.values() if runner.record() is not None]
         settings = (
             self.config.to_dict() if self.config else {"path": self.config_path, "binaries": self.services.binaries}
         )
         try:
-            state.save(self.paths.state_file, settings, records)
+            state.save(self.paths.state_file, settings, records)  # type: ignore[arg-type]
         except OSError as exc:
             # The servers keep running; only adoption after a supervisor crash is at risk.
             log.error("cannot write state file %s: %s", self.paths.state_file, exc)
-
-    # -- memory --------------------------------------------------------------------------
-
-    async def _sample_forever(self) -> None:
-        """Memory and CPU of each process tree, adaptively: often while it may change, rarely after."""
-        while True:
-            now = time.monotonic()
-            due = [
-                runner
-                for runner in self.runners.values()
-                if runner.handle is not None and now - runner.sampled_at >= self._sample_every(runner, now)
-            ]
-            gpu = self._gpu.by_pid() if due else None
-            for runner in due:
-                if self._sample(runner, gpu):
-                    self._enforce_max_memory(runner)
-            await asyncio.sleep(SAMPLE_TICK)
-
-    @staticmethod
-    def _sample_every(runner: Runner, now: float) -> float:
-        young = runner.started_mono is not None and now - runner.started_mono < 60
-        return SAMPLE_EVERY_WATCHED if young or runner.spec.max_memory is not None else SAMPLE_EVERY
-
-    def _sample(self, runner: Runner, gpu: dict[int, int] | None = None) -> bool:
-        if runner.handle is None:
-            return False
-        runner.sampled_at = time.monotonic()
-        try:
-            runner.memory = sample_tree(runner.handle, self._samplers, gpu)
-        except Exception as exc:  # a sampling error must never hurt supervision
-            log.debug("sampling %s failed: %s", runner.name, exc)
-            return False
-        return True
-
-    def _enforce_max_memory(self, runner: Runner) -> None:
-        """Over max_memory: warn at once; still over after memory_grace seconds: ask the runner to replace it."""
-        limit = runner.spec.max_memory
-        if limit is None or runner.memory is None or runner.state is not State.HEALTHY:
-            return
-        figure = runner.memory.value
-        if figure <= limit:
-            runner.over_memory_since = None
-            return
-        now = time.monotonic()
-        if runner.over_memory_since is None:
-            runner.over_memory_since = now
-            runner.note(f"warning: memory {format_bytes(figure)} is over max_memory {format_bytes(limit)}")
-        elif now - runner.over_memory_since >= runner.spec.memory_grace:
-            runner.over_memory_since = float("inf")  # asked once; a new process resets it
-            grace = runner.spec.memory_grace
-            over = f"memory: {format_bytes(figure)} over max_memory {format_bytes(limit)} for {grace:g}s"
-            runner.send("replace", over)
-
-
-def _own_rss() -> int:
-    import psutil
-
-    return int(psutil.Process().memory_info().rss)
