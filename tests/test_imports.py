@@ -23,6 +23,7 @@ def imported_after(statement: str) -> list[str]:
         "import llmctl.daemon, llmctl.control",  # the supervisor process
         "import llmctl.client, llmctl.paths, llmctl.cli.render",  # the `status` fast path
         "import llmctl.backends, llmctl.memory, llmctl.spec",  # the core the supervisor uses
+        "import llmctl.service, llmctl.configcache, llmctl.cli.report",  # the `up` fast path
     ],
 )
 def test_heavy_libraries_stay_out(statement):
@@ -31,3 +32,31 @@ def test_heavy_libraries_stay_out(statement):
 
 def test_the_core_imports_no_terminal_library():
     assert not {"typer", "rich"} & set(imported_after("import llmctl.config, llmctl.service, llmctl.supervisor"))
+
+
+def test_the_up_fast_path_reuses_a_validated_config_without_the_schema(tmp_path, monkeypatch):
+    """A cached config is read back without importing pydantic or YAML; an edit is validated again."""
+    config = tmp_path / "instances.yaml"
+    config.write_text("instances:\n  - {name: a, backend: command, command: [x], port: 9001}\n")
+    code = f"""
+import sys
+from pathlib import Path
+from llmctl.configcache import load_config_cached
+config = load_config_cached(Path({str(config)!r}), Path({str(tmp_path / "cache")!r}))
+print(config.names, "pydantic" in sys.modules)
+"""
+    first = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    second = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert first == ["['a']", "True"] and second == ["['a']", "False"]
+    config.write_text("instances:\n  - {name: b, backend: command, command: [x], port: 9001}\n")
+    third = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert third == ["['b']", "True"]
+    monkeypatch.setenv("PORT_FROM_ENV", "9002")
+    config.write_text("instances:\n  - {name: c, backend: command, command: [x], port: '${PORT_FROM_ENV}'}\n")
+    env_code = code.replace("print(config.names", "print(config.instances[0].port, config.names")
+    run = lambda: subprocess.run(
+        [sys.executable, "-c", env_code], capture_output=True, text=True, check=True
+    ).stdout.split()
+    assert run()[0] == "9002"
+    monkeypatch.setenv("PORT_FROM_ENV", "9003")
+    assert run()[0] == "9003"  # a referenced variable changed: not the cached config

@@ -13,10 +13,14 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 from .errors import SupervisorError, from_kind
 from .paths import StatePaths
+
+TYPE_CHECKING = False  # not `from typing`: importing typing costs `llmctl status` 4 ms
+if TYPE_CHECKING:
+    from typing import Any
+
 
 SUPERVISOR_START_TIMEOUT = 15.0
 

@@ -15,7 +15,9 @@ client raises the same class the supervisor did (`from_kind`).
 
 from __future__ import annotations
 
-from typing import ClassVar
+TYPE_CHECKING = False  # not `from typing`: importing typing costs `llmctl status` 4 ms
+if TYPE_CHECKING:
+    from typing import ClassVar
 
 
 class LlmctlError(Exception):

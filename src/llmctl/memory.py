@@ -14,6 +14,7 @@ Sampling reads the kernel, so the supervisor does it every few seconds and `stat
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import re
@@ -181,12 +182,43 @@ class GpuMemory:
             return list(nvml.nvmlDeviceGetComputeRunningProcesses_v2(device))
 
 
+def children_map() -> dict[int, list[int]]:
+    """Parent PID -> child PIDs for the whole machine, read once for many trees (psutil's
+    children() reads the whole process table on every call)."""
+    children: dict[int, list[int]] = {}
+    for process in psutil.process_iter(["ppid"]):
+        children.setdefault(process.info["ppid"], []).append(process.pid)
+    return children
+
+
+def tree_from_map(handle: ProcessHandle, children: dict[int, list[int]]) -> list[psutil.Process]:
+    root = handle.process()
+    if root is None:
+        return []
+    members, pending = [root], list(children.get(root.pid, ()))
+    while pending:
+        pid = pending.pop()
+        with contextlib.suppress(psutil.Error):
+            members.append(psutil.Process(pid))
+            pending.extend(children.get(pid, ()))
+    return members
+
+
+def forget_exited(cache: dict[int, psutil.Process], live: set[int]) -> None:
+    """Drop the CPU-% readings of processes no sampled tree holds any more."""
+    for pid in [pid for pid in cache if pid not in live]:
+        del cache[pid]
+
+
 def sample_tree(
-    handle: ProcessHandle, cache: dict[int, psutil.Process], gpu_by_pid: dict[int, int] | None = None
+    handle: ProcessHandle,
+    cache: dict[int, psutil.Process],
+    gpu_by_pid: dict[int, int] | None = None,
+    children: dict[int, list[int]] | None = None,
 ) -> TreeMemory | None:
     """Memory and CPU of a process tree. CPU % needs two readings of one psutil.Process, so those
-    are kept in `cache` between calls."""
-    members = tree(handle)
+    are kept in `cache` between calls (the caller prunes it with forget_exited)."""
+    members = tree(handle) if children is None else tree_from_map(handle, children)
     if not members:
         return None
     sample = TreeMemory(gpu=0 if gpu_by_pid is not None else None)
@@ -222,9 +254,6 @@ def sample_tree(
     if have_footprint:
         sample.footprint = footprint_total
     sample.cpu_percent = round(sample.cpu_percent, 1)
-    live = set(sample.pids)
-    for pid in [pid for pid in cache if pid not in live and not psutil.pid_exists(pid)]:
-        del cache[pid]
     return sample
 
 

@@ -113,6 +113,10 @@ class Runner:
         self.history = [policy.Attempt(self.server.started_mono, became_ready=True)]
         self._move(State.STARTING, f"adopting pid {adoption.handle.pid} from a previous supervisor")
 
+    def forget(self) -> None:
+        """End the task of a runner with nothing running (its instance left the config)."""
+        self._task.cancel()
+
     async def close(self) -> None:
         """Stop the instance and end the runner's task (the supervisor is exiting)."""
         if self.state is not State.STOPPED:

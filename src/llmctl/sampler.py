@@ -15,7 +15,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from .budget import format_bytes
-from .memory import GpuMemory, sample_tree
+from .memory import GpuMemory, children_map, forget_exited, sample_tree
 from .states import State
 
 if TYPE_CHECKING:
@@ -41,31 +41,35 @@ class Sampler:
     async def run_forever(self) -> None:
         while True:
             now = time.monotonic()
-            due = [
-                runner for runner in self.runners() if runner.server and now - runner.sampled_at >= _every(runner, now)
-            ]
-            gpu = self._gpu.by_pid() if due else None
-            for runner in due:
-                if self.sample(runner, gpu):
-                    enforce_max_memory(runner)
+            due = [r for r in self.runners() if r.server and now - r.sampled_at >= _every(r, now)]
+            for runner in self.sample(due):
+                enforce_max_memory(runner)
             await asyncio.sleep(SAMPLE_TICK)
 
     def refresh_stale(self) -> None:
         now = time.monotonic()
-        for runner in self.runners():
-            if runner.server is not None and now - runner.sampled_at > STATUS_FRESHNESS:
-                self.sample(runner)
+        self.sample([r for r in self.runners() if r.server and now - r.sampled_at > STATUS_FRESHNESS])
 
-    def sample(self, runner: Runner, gpu: dict[int, int] | None = None) -> bool:
-        if runner.server is None:
-            return False
-        runner.sampled_at = time.monotonic()
-        try:
-            runner.memory = sample_tree(runner.server.handle, self._cpu_samplers, gpu)
-        except Exception as exc:  # a sampling error must never hurt supervision
-            log.debug("sampling %s failed: %s", runner.name, exc)
-            return False
-        return True
+    def sample(self, runners: list[Runner]) -> list[Runner]:
+        """Sample these runners' trees with one read of the process table; those sampled."""
+        if not runners:
+            return []
+        gpu = self._gpu.by_pid()
+        children = children_map()
+        sampled = []
+        for runner in runners:
+            if runner.server is None:
+                continue
+            runner.sampled_at = time.monotonic()
+            try:
+                runner.memory = sample_tree(runner.server.handle, self._cpu_samplers, gpu, children)
+            except Exception as exc:  # a sampling error must never hurt supervision
+                log.debug("sampling %s failed: %s", runner.name, exc)
+                continue
+            sampled.append(runner)
+        live = {pid for runner in self.runners() if runner.memory for pid in runner.memory.pids}
+        forget_exited(self._cpu_samplers, live)
+        return sampled
 
 
 def _every(runner: Runner, now: float) -> float:

@@ -135,6 +135,9 @@ class Supervisor:
             )
         self.config = config
         self._learn_settings(config.to_dict())
+        for name in [name for name, runner in self.runners.items() if name not in config.names]:
+            if self.runners[name].state not in WANTED_RUNNING:  # gone from the config and not running: forget it
+                self.runners.pop(name).forget()
 
     def _runner(self, spec: InstanceSpec) -> Runner:
         if spec.name not in self.runners:
