@@ -54,9 +54,12 @@ print(config.names, "pydantic" in sys.modules)
     monkeypatch.setenv("PORT_FROM_ENV", "9002")
     config.write_text("instances:\n  - {name: c, backend: command, command: [x], port: '${PORT_FROM_ENV}'}\n")
     env_code = code.replace("print(config.names", "print(config.instances[0].port, config.names")
-    run = lambda: subprocess.run(
-        [sys.executable, "-c", env_code], capture_output=True, text=True, check=True
-    ).stdout.split()
+
+    def run() -> list[str]:
+        return subprocess.run(
+            [sys.executable, "-c", env_code], capture_output=True, text=True, check=True
+        ).stdout.split()
+
     assert run()[0] == "9002"
     monkeypatch.setenv("PORT_FROM_ENV", "9003")
     assert run()[0] == "9003"  # a referenced variable changed: not the cached config

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 from types import SimpleNamespace
+from typing import ClassVar
 
 from llmctl import process
 
@@ -16,7 +17,7 @@ from llmctl import process
 class FakeKqueue:
     """Stands in for select.kqueue: its descriptor turns readable when the watched process exits."""
 
-    registered: list[SimpleNamespace] = []
+    registered: ClassVar[list[SimpleNamespace]] = []
 
     def __init__(self) -> None:
         self.read_end, self.write_end = os.pipe()
@@ -76,7 +77,7 @@ FAKE_SELECT = SimpleNamespace(
 def test_kqueue_waiter_asks_for_note_exit_once():
     child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
     try:
-        fd, close = process._kqueue_exit_waiter(child.pid, FAKE_SELECT)
+        _fd, close = process._kqueue_exit_waiter(child.pid, FAKE_SELECT)
         event = FakeKqueue.registered[-1]
         assert (event.ident, event.filter, event.fflags) == (child.pid, -5, 0x80000000)
         assert event.flags == 0x1 | 0x10
