@@ -93,32 +93,34 @@ def main() -> None:
         floor = [floor_script(binary, model) for _ in range(RUNS)]
         own8 = [direct_ready(binary, model, 8) for _ in range(3)]
 
-        names = write_config(folder, model, 8)
-        subprocess.run([llmctl, "up", names[0]], check=True, cwd=folder, env=env, stdout=subprocess.DEVNULL)
-        subprocess.run([llmctl, "down", names[0]], check=True, cwd=folder, env=env, stdout=subprocess.DEVNULL)
-        one = []
-        for _ in range(RUNS):  # the supervisor runs; the instance does not
-            one.append(timed([llmctl, "up", names[0]], folder, env))
+        try:
+            names = write_config(folder, model, 8)
+            subprocess.run([llmctl, "up", names[0]], check=True, cwd=folder, env=env, stdout=subprocess.DEVNULL)
             subprocess.run([llmctl, "down", names[0]], check=True, cwd=folder, env=env, stdout=subprocess.DEVNULL)
-        eight = []
-        for _ in range(3):
-            eight.append(timed([llmctl, "up"], folder, env))
-            subprocess.run([llmctl, "down", *names], check=True, cwd=folder, env=env, stdout=subprocess.DEVNULL)
+            one = []
+            for _ in range(RUNS):  # the supervisor runs; the instance does not
+                one.append(timed([llmctl, "up", names[0]], folder, env))
+                subprocess.run([llmctl, "down", names[0]], check=True, cwd=folder, env=env, stdout=subprocess.DEVNULL)
+            eight = []
+            for _ in range(3):
+                eight.append(timed([llmctl, "up"], folder, env))
+                subprocess.run([llmctl, "down", *names], check=True, cwd=folder, env=env, stdout=subprocess.DEVNULL)
 
-        names = write_config(folder, model, 3)
-        subprocess.run([llmctl, "up"], check=True, cwd=folder, env=env, stdout=subprocess.DEVNULL)
-        running = [timed([llmctl, "up"], folder, env) for _ in range(RUNNING_RUNS)]
-        status = subprocess.run([llmctl, "status", "--json"], cwd=folder, env=env, capture_output=True, text=True)
-        urls = [i["url"] + "/health" for i in json.loads(status.stdout)["instances"] if i["state"] == "healthy"]
-        check = [
-            timed(
-                ["bash", "-c", 'for u in "$@"; do curl -sf "$u" >/dev/null || exit 1; done', "check", *urls],
-                folder,
-                env,
-            )
-            for _ in range(RUNNING_RUNS)
-        ]
-        subprocess.run([llmctl, "down"], cwd=folder, env=env, stdout=subprocess.DEVNULL)
+            names = write_config(folder, model, 3)
+            subprocess.run([llmctl, "up"], check=True, cwd=folder, env=env, stdout=subprocess.DEVNULL)
+            running = [timed([llmctl, "up"], folder, env) for _ in range(RUNNING_RUNS)]
+            status = subprocess.run([llmctl, "status", "--json"], cwd=folder, env=env, capture_output=True, text=True)
+            urls = [i["url"] + "/health" for i in json.loads(status.stdout)["instances"] if i["state"] == "healthy"]
+            check = [
+                timed(
+                    ["bash", "-c", 'for u in "$@"; do curl -sf "$u" >/dev/null || exit 1; done', "check", *urls],
+                    folder,
+                    env,
+                )
+                for _ in range(RUNNING_RUNS)
+            ]
+        finally:  # nothing may outlive the temp folder
+            subprocess.run([llmctl, "down"], cwd=folder, env=env, stdout=subprocess.DEVNULL)
 
     med = statistics.median
     ms = lambda seconds: f"{seconds * 1000:7.1f} ms"  # noqa: E731

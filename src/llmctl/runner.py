@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from . import policy, process, state, states
-from .backends import NotReady, backend_for, safe_estimate
+from .backends import NotReady, backend_for, command_line, safe_estimate
 from .errors import StartError
 from .mailbox import Interrupted, Mailbox, Request
 from .ports import describe_busy_port, port_is_free
@@ -152,9 +152,7 @@ class Runner:
         elif self.state in (State.HEALTHY, State.UNHEALTHY):
             await self._watching()
 
-    async def _wait_for(
-        self, futures: set[asyncio.Future[Any]], timeout: float | None = None
-    ) -> set[asyncio.Future[Any]]:
+    async def _wait_for(self, futures: set[asyncio.Future[Any]], timeout: float | None = None) -> set[Any]:
         return await self._mailbox.wait(futures, timeout, self._absorb)
 
     def _absorb(self, request: Request) -> bool:
@@ -172,7 +170,7 @@ class Runner:
                 await self._stop_process(request.reason)
             if self.state is not State.STOPPED:
                 self._move(State.STOPPED, request.reason)
-            self._release_log()
+            self.services.hub.release(self.name)  # the hub drains and closes its FIFO
             request.answer("stopped")
         elif request.kind in ("start", "restart"):
             if running:
@@ -212,13 +210,10 @@ class Runner:
 
     def _spawn(self) -> None:
         spec = self.spec
-        backend = backend_for(spec.backend)
         try:
-            argv = backend.command(spec, backend.find_program(self.services.binaries.get(spec.backend)))
+            argv = command_line(spec, self.services.binaries)
         except StartError as exc:
             raise _StartFailed(str(exc), retry=False) from None
-        except Exception as exc:  # an adapter's bug is this instance's start failure, never the request's
-            raise _StartFailed(f"the {spec.backend} adapter failed: {exc!r}", retry=False) from None
         if not port_is_free(spec.host, spec.port):
             raise _StartFailed(describe_busy_port(spec.host, spec.port), retry=False)
         try:
@@ -227,7 +222,7 @@ class Runner:
             raise _StartFailed(f"cannot start: {exc.filename}: {exc.strerror or exc}", retry=False) from None
         self.note("starting: " + " ".join(redact_argv(argv)))
         try:
-            env = backend.environment(spec, self.services.environ)
+            env = backend_for(spec.backend).environment(spec, self.services.environ)
             self.server = ServerProcess.spawn(argv, env=env, output=output, cwd=spec.workdir)
         except OSError as exc:
             raise _StartFailed(f"cannot start {argv[0]}: {exc.strerror or exc}", retry=False) from None
@@ -262,7 +257,9 @@ class Runner:
             raise _StartFailed(f"readiness check failed: {exc}", retry=True) from None
         self.history[-1:] = [policy.Attempt(self.history[-1].started if self.history else time.monotonic(), True)]
         self.health = "ok"
-        self._move(State.HEALTHY, f"healthy after {time.monotonic() - server.started_mono:.2f}s")
+        adopted = server.popen is None
+        took = f"healthy after {time.monotonic() - server.started_mono:.2f}s"
+        self._move(State.HEALTHY, "adopted and healthy" if adopted else took)
         with contextlib.suppress(Exception):
             self.estimate = await backend.reported_memory(spec, self.services.http) or self.estimate
 
@@ -322,7 +319,7 @@ class Runner:
             self._give_up_now(f"{decision.crash_loop} (last: {reason})" if decision.crash_loop else reason)
         else:
             self._move(State.STOPPED, f"{reason}; restart policy {rules.policy!r} does not restart it")
-            self._release_log()
+            self.services.hub.release(self.name)  # the hub drains and closes its FIFO
 
     async def _give_up(self, reason: str) -> None:
         if self.server is not None:
@@ -335,7 +332,7 @@ class Runner:
     def _give_up_now(self, reason: str) -> None:
         self.last_error = reason
         self._move(State.FAILED, reason)
-        self._release_log()
+        self.services.hub.release(self.name)  # the hub drains and closes its FIFO
 
     async def _stop_process(self, reason: str) -> None:
         if self.state is not State.STOPPING:
@@ -351,9 +348,6 @@ class Runner:
         self.over_memory_since = None
         self.health = None
         self.next_start_at = None
-
-    def _release_log(self) -> None:
-        self.services.hub.release(self.name)
 
     # -- state and its record ------------------------------------------------------------
 

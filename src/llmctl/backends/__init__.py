@@ -8,6 +8,7 @@ import pkgutil
 from functools import cache
 from typing import TYPE_CHECKING
 
+from ..errors import StartError
 from .base import Backend, NotReady
 
 if TYPE_CHECKING:
@@ -36,6 +37,18 @@ def backend_for(name: str) -> Backend:
         raise ValueError(f"unknown backend {name!r} (valid: {', '.join(backend_names())})") from None
 
 
+def command_line(spec: InstanceSpec, binaries: dict[str, str]) -> list[str]:
+    """The server's argv; StartError when it cannot be built, an adapter's bug included (it is this
+    instance's start failure, never the caller's)."""
+    backend = backend_for(spec.backend)
+    try:
+        return backend.command(spec, backend.find_program(binaries.get(spec.backend)))
+    except StartError:
+        raise
+    except Exception as exc:
+        raise StartError(f"the {spec.backend} adapter failed: {exc!r}") from None
+
+
 def safe_estimate(spec: InstanceSpec) -> int | None:
     """The backend's memory estimate, or None: a model file that is odd in any way (a string where a
     number belongs, a truncated header) costs the estimate, never the command that asked."""
@@ -45,4 +58,4 @@ def safe_estimate(spec: InstanceSpec) -> int | None:
         return None
 
 
-__all__ = ["Backend", "NotReady", "backend_for", "backend_names", "safe_estimate"]
+__all__ = ["Backend", "NotReady", "backend_for", "backend_names", "command_line", "safe_estimate"]
