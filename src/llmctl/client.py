@@ -45,6 +45,7 @@ def request(
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as connection:
             connection.settimeout(timeout)
             connection.connect(str(paths.socket))
+            _check_peer(connection, paths)
             connection.sendall(json.dumps(payload).encode() + b"\n")
             for line in _lines(connection):
                 response = _decode(line)
@@ -67,6 +68,18 @@ def request(
             raise SupervisorError("the supervisor sent an unreadable error")
         raise from_kind(error.get("kind"), str(error.get("message", "the supervisor reported an error")))
     return response
+
+
+def _check_peer(connection: socket.socket, paths: StatePaths) -> None:
+    """Send nothing (the request may carry a config with secrets) to a process of another user."""
+    from .peercred import peer_uid
+
+    uid = peer_uid(connection)
+    if uid is not None and uid != os.getuid():
+        raise SupervisorError(
+            f"the process listening on {paths.socket} runs as uid {uid}, not as you (uid {os.getuid()}); "
+            f"llmctl will not talk to it: remove {paths.socket}"
+        )
 
 
 def _decode(line: bytes) -> dict[str, Any]:
@@ -110,7 +123,7 @@ def ensure_supervisor(paths: StatePaths) -> bool:
     if is_running(paths):
         return False
     paths.ensure()
-    lock_fd = os.open(paths.spawn_lock, os.O_RDWR | os.O_CREAT, 0o600)
+    lock_fd = os.open(paths.spawn_lock, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     with os.fdopen(lock_fd, "r+") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if is_running(paths):
@@ -151,7 +164,9 @@ def _spawn_daemon(paths: StatePaths) -> None:
 
 def _last_line(path: Path) -> str:
     try:
-        lines = path.read_text(errors="replace").strip().splitlines()
+        from .logfiles import last_lines
+
+        lines = last_lines(path, 1)
     except OSError:
         return ""
     return lines[-1] if lines else ""

@@ -24,9 +24,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from .configprep import FieldProblem, apply_defaults, expand_variables
 from .errors import ConfigError
 from .paths import CONFIG_ENV, DEFAULT_CONFIG_NAME
+from .safefiles import read_regular_file
 from .spec import Config, InstanceSpec
 from .yamlsource import LineDict, YamlSyntaxError, line_of, load_yaml
 
+MAX_CONFIG_BYTES = 4 * 1024 * 1024
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 
 
@@ -249,14 +251,16 @@ def _scalar_to_str(value: Any) -> Any:
 def load_config(path: Path) -> Config:
     """Read, expand and validate a config file; any problem is a ConfigError of one line."""
     try:
-        text = path.read_text(encoding="utf-8")
+        text = read_regular_file(path, MAX_CONFIG_BYTES, follow_symlinks=True).decode("utf-8")
     except FileNotFoundError:
         raise ConfigError(
             f"{path}: config file not found (give one with -f/--file or ${CONFIG_ENV}, "
             f"or create ./{DEFAULT_CONFIG_NAME})"
         ) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: cannot read config file: {exc}") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read config file: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: cannot read config file: not UTF-8 ({exc.reason} at byte {exc.start})") from None
     return parse_config(text, path)
 
 

@@ -21,11 +21,12 @@ from pathlib import Path
 
 from . import __version__
 from .errors import ConfigError
+from .safefiles import read_regular_file
 from .spec import Config
 
 _REFERENCE = re.compile(rb"\$\{([A-Za-z_][A-Za-z0-9_]*)")
 MAX_ENTRIES = 8
-MAX_CONFIG_BYTES = 4 * 1024 * 1024
+MAX_CONFIG_BYTES = 4 * 1024 * 1024  # as config.py's
 
 
 def cache_folder() -> Path:
@@ -61,11 +62,7 @@ def load_config_cached(path: Path, folder: Path | None = None) -> Config:
 
 
 def _read(path: Path) -> bytes:
-    with open(path, "rb") as source:
-        content = source.read(MAX_CONFIG_BYTES + 1)
-    if len(content) > MAX_CONFIG_BYTES:
-        raise OSError("too large")
-    return content
+    return read_regular_file(path, MAX_CONFIG_BYTES, follow_symlinks=True)  # a dotfiles link is fine
 
 
 def _full(path: Path) -> Config:
@@ -75,9 +72,13 @@ def _full(path: Path) -> Config:
 
 
 def _cached(entry: Path) -> Config | None:
+    from .errors import SupervisorError
+    from .paths import private_dir
+
     try:
-        return Config.from_dict(json.loads(entry.read_bytes()))
-    except (OSError, ValueError, TypeError, KeyError):
+        private_dir(entry.parent)  # a folder someone else can write to could hand us any config
+        return Config.from_dict(json.loads(read_regular_file(entry, MAX_CONFIG_BYTES)))
+    except (OSError, ValueError, TypeError, KeyError, SupervisorError):
         return None
 
 
@@ -91,11 +92,12 @@ def _backend_checks_pass(config: Config) -> bool:
 
 
 def _store(folder: Path, entry: Path, config: Config) -> None:
+    from .errors import SupervisorError
+    from .paths import private_dir
     from .state import write_atomically
 
-    with contextlib.suppress(OSError):
-        folder.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        folder.mkdir(mode=0o700, exist_ok=True)
+    with contextlib.suppress(OSError, SupervisorError):  # no cache is slower, never wrong
+        private_dir(folder)
         write_atomically(entry, json.dumps(config.to_dict()))
         entries = sorted(folder.glob("*.json"), key=lambda item: item.stat().st_mtime)
         for stale in entries[:-MAX_ENTRIES]:

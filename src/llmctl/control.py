@@ -62,6 +62,9 @@ async def _handle(supervisor: Supervisor, reader: asyncio.StreamReader, writer: 
         writer.write(json.dumps(payload).encode() + b"\n")
         await writer.drain()
 
+    if not _same_user(writer):
+        writer.close()
+        return
     try:
         try:
             request = _parse(await reader.readline())
@@ -81,6 +84,21 @@ async def _handle(supervisor: Supervisor, reader: asyncio.StreamReader, writer: 
     # After answering: the client waits for this reply before the supervisor goes away.
     if request_is_full_shutdown(request):
         supervisor.shutdown_requested.set()
+
+
+def _same_user(writer: asyncio.StreamWriter) -> bool:
+    """Only this user's processes may drive the supervisor (root included only when it is root's)."""
+    from .peercred import peer_uid
+
+    connection = writer.get_extra_info("socket")
+    try:
+        uid = peer_uid(connection)
+    except OSError:
+        return False
+    if uid is not None and uid != os.getuid():
+        log.warning("refused a control connection from uid %s", uid)
+        return False
+    return True
 
 
 def _parse(line: bytes) -> dict[str, Any]:

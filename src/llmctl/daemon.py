@@ -26,7 +26,7 @@ from .supervisor import Supervisor
 def acquire_supervisor_lock(paths: StatePaths) -> IO[str]:
     """Hold this state folder's supervisor lock, or raise if another supervisor has it."""
     paths.ensure()
-    lock = os.fdopen(os.open(paths.supervisor_lock, os.O_RDWR | os.O_CREAT, 0o600), "r+")
+    lock = os.fdopen(os.open(paths.supervisor_lock, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600), "r+")
     try:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:

@@ -7,6 +7,8 @@ key/value pairs, the tensor infos, padding to `general.alignment` (default 32), 
 
 from __future__ import annotations
 
+import os
+import stat
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,7 +67,11 @@ def _value(stream: BinaryIO, kind: int) -> Any:
 
 
 def read_gguf(path: Path) -> GgufInfo:
-    with path.open("rb") as stream:
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)  # a FIFO must not hang the supervisor
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise GgufError(f"{path} is not a regular file")
+    with os.fdopen(fd, "rb") as stream:
         if stream.read(4) != b"GGUF":
             raise GgufError(f"{path} is not a GGUF file")
         version = _read(stream, "<I")

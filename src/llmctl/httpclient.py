@@ -14,7 +14,12 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-MAX_BODY = 16 * 1024 * 1024
+# A health endpoint may answer anything: the whole answer is bounded in time (the caller's timeout
+# covers connect, headers and body), in header count and size, and in body size.
+MAX_BODY = 1024 * 1024
+MAX_HEADERS = 100
+MAX_HEADER_BYTES = 64 * 1024
+MAX_LINE = 8 * 1024
 
 
 class HttpError(Exception):
@@ -52,7 +57,7 @@ async def request(method: str, url: str, payload: Any, timeout: float) -> Respon
         return await asyncio.wait_for(_exchange(method, url, payload), timeout)
     except asyncio.TimeoutError:
         raise HttpError(f"{method} {url}: no answer within {timeout:g}s") from None
-    except (OSError, ValueError, asyncio.IncompleteReadError, asyncio.LimitOverrunError) as exc:
+    except (OSError, ValueError, UnicodeError, asyncio.IncompleteReadError, asyncio.LimitOverrunError) as exc:
         raise HttpError(f"{method} {url}: {exc}") from None
 
 
@@ -61,7 +66,9 @@ async def _exchange(method: str, url: str, payload: Any) -> Response:
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValueError(f"not an http URL: {url}")
     port = parts.port or (443 if parts.scheme == "https" else 80)
-    reader, writer = await asyncio.open_connection(parts.hostname, port, ssl=parts.scheme == "https" or None)
+    reader, writer = await asyncio.open_connection(
+        parts.hostname, port, ssl=parts.scheme == "https" or None, limit=MAX_LINE
+    )
     try:
         body = b"" if payload is None else json.dumps(payload).encode()
         host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
@@ -92,10 +99,14 @@ def _status_code(line: bytes) -> int:
 
 async def _headers(reader: asyncio.StreamReader) -> dict[str, str]:
     headers: dict[str, str] = {}
+    count = size = 0
     while True:
         line = await reader.readline()
         if line in (b"\r\n", b"\n", b""):
             return headers
+        count, size = count + 1, size + len(line)
+        if count > MAX_HEADERS or size > MAX_HEADER_BYTES:
+            raise ValueError(f"the answer's headers pass {MAX_HEADERS} lines or {MAX_HEADER_BYTES} bytes")
         name, _, value = line.decode("latin-1").partition(":")
         headers[name.strip().lower()] = value.strip()
 
@@ -106,6 +117,8 @@ async def _body(reader: asyncio.StreamReader, headers: dict[str, str]) -> bytes:
         total = 0
         while True:
             size = int((await reader.readline()).split(b";")[0].strip() or b"0", 16)
+            if size < 0:
+                raise ValueError("a negative chunk size")
             if size == 0:
                 return b"".join(chunks)
             total += size
@@ -115,7 +128,13 @@ async def _body(reader: asyncio.StreamReader, headers: dict[str, str]) -> bytes:
             await reader.readline()
     if "content-length" in headers:
         length = int(headers["content-length"])
-        if length > MAX_BODY:
+        if length < 0 or length > MAX_BODY:
             raise ValueError("answer too large")
         return await reader.readexactly(length)
-    return await reader.read(MAX_BODY)
+    chunks, total = [], 0  # until the server closes the connection
+    while chunk := await reader.read(65536):
+        total += len(chunk)
+        if total > MAX_BODY:
+            raise ValueError("answer too large")
+        chunks.append(chunk)
+    return b"".join(chunks)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import stat
 import time
 from collections import deque
 from collections.abc import Iterator
@@ -13,8 +14,13 @@ FOLLOW_POLL = 0.1
 
 
 def _open_log(path: Path) -> BinaryIO:
-    """Open a log for reading without following a symlink someone planted in its place."""
-    return os.fdopen(os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC), "rb")
+    """Open a log for reading without following a symlink someone planted in its place, nor hanging
+    on a FIFO: only a regular file is read."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise OSError(f"{path} is not a regular file")
+    return os.fdopen(fd, "rb")
 
 
 def last_lines(path: Path, count: int) -> list[str]:

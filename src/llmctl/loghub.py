@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from . import process
+from .safefiles import read_regular_file
 
 if TYPE_CHECKING:
     from .paths import StatePaths
@@ -34,7 +35,7 @@ HUB_COMMAND = (sys.executable, "-S", "-I", str(Path(__file__).with_name("logrela
 class LogHub:
     def __init__(self, paths: StatePaths) -> None:
         self.paths = paths
-        self.folder = paths.root / "pipes"
+        self.folder = paths.pipes
         self.keepers: dict[str, int] = {}
         self.handle: process.ProcessHandle | None = None
         self._popen: subprocess.Popen[bytes] | None = None
@@ -45,7 +46,7 @@ class LogHub:
 
     def start(self) -> None:
         """Adopt the hub a previous supervisor left, or start one; keep it running from now on."""
-        self.folder.mkdir(mode=0o700, exist_ok=True)
+        self.paths.ensure()
         for fifo in self.folder.glob("*.fifo"):  # FIFOs of servers a previous supervisor ran
             self._keep(fifo.stem)
         self.handle = self._recorded_hub() or self._spawn()
@@ -53,7 +54,7 @@ class LogHub:
 
     def _recorded_hub(self) -> process.ProcessHandle | None:
         try:
-            record = json.loads((self.folder / "hub.json").read_text())
+            record = json.loads(read_regular_file(self.folder / "hub.json", 4096))
             handle = process.ProcessHandle(int(record["pid"]), float(record["create_time"]))
         except (OSError, ValueError, KeyError, TypeError):
             return None

@@ -47,7 +47,11 @@ class RotatingLog:
         self.dropped = 0
 
     def _open(self) -> None:
-        self.fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
+        self.fd = os.open(self.path, flags, 0o600)
+        if not stat.S_ISREG(os.fstat(self.fd).st_mode):  # a FIFO or device planted in its place
+            self.close()
+            raise OSError("not a regular file")
 
     def close(self) -> None:
         if self.fd is not None:
@@ -155,8 +159,13 @@ class Hub:
 
     def limits(self) -> tuple[int, int]:
         try:
-            with open(os.path.join(self.pipes_dir, "limits"), "rb") as source:
-                max_bytes, backups = source.read(64).split()[:2]
+            fd = os.open(os.path.join(self.pipes_dir, "limits"), os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW)
+            try:
+                if not stat.S_ISREG(os.fstat(fd).st_mode):
+                    raise ValueError("not a regular file")
+                max_bytes, backups = os.read(fd, 64).split()[:2]
+            finally:
+                os.close(fd)
             return max(int(max_bytes), 1024), max(int(backups), 0)
         except (OSError, ValueError):
             return DEFAULT_LIMITS

@@ -7,6 +7,7 @@ state folder. Folders are created 0700 so other users can read neither logs nor 
 from __future__ import annotations
 
 import os
+import stat
 from pathlib import Path
 
 CONFIG_ENV = "LLMCTL_CONFIG"
@@ -15,8 +16,33 @@ DEFAULT_CONFIG_NAME = "instances.yaml"
 _MAX_SOCKET_PATH = 100
 
 
-def _make_private_dir(path: Path) -> Path:
-    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+def private_dir(path: Path) -> Path:
+    """Create `path` (0700) if it is missing; refuse it unless it is a real folder of this user that
+    no one else can write to: whoever can write to it can replace the socket or the state in it.
+
+    Raises SupervisorError (exit 3) naming the path and the fix.
+    """
+    from .errors import SupervisorError
+
+    try:
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        info = os.lstat(path)
+    except OSError as exc:
+        raise SupervisorError(
+            f"cannot use the folder {path}: {exc.strerror or exc}; set $LLMCTL_STATE_DIR to a folder you can write"
+        ) from None
+    if not stat.S_ISDIR(info.st_mode):
+        raise SupervisorError(f"{path} is not a folder (a link or a file); remove it, or set $LLMCTL_STATE_DIR")
+    if info.st_uid != os.getuid():
+        raise SupervisorError(
+            f"{path} belongs to uid {info.st_uid}, not to you (uid {os.getuid()}); llmctl will not use a folder "
+            "another user controls: remove it, or set $LLMCTL_STATE_DIR to a folder of yours"
+        )
+    if info.st_mode & 0o022:
+        raise SupervisorError(
+            f"{path} can be written by other users (mode {stat.S_IMODE(info.st_mode):o}); llmctl will not use it: "
+            f"`chmod 700 {path}`"
+        )
     return path
 
 
@@ -42,9 +68,14 @@ class StatePaths:
         return cls(Path(platformdirs.user_state_dir("llmctl", appauthor=False)))
 
     def ensure(self) -> StatePaths:
-        _make_private_dir(self.root)
-        _make_private_dir(self.logs)
+        private_dir(self.root)
+        private_dir(self.logs)
+        private_dir(self.pipes)
         return self
+
+    @property
+    def pipes(self) -> Path:
+        return self.root / "pipes"
 
     @property
     def logs(self) -> Path:
@@ -81,7 +112,7 @@ class StatePaths:
 
         digest = hashlib.sha256(os.fsencode(self.root)).hexdigest()[:16]
         short_dir = Path(tempfile.gettempdir()) / f"llmctl-{os.getuid()}"
-        return _make_private_dir(short_dir) / f"{digest}.sock"
+        return private_dir(short_dir) / f"{digest}.sock"
 
 
 def find_config_path(explicit: str | os.PathLike[str] | None) -> Path:

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import os
 import signal
+import stat
 import subprocess
 import time
 from collections.abc import Callable
@@ -55,9 +57,14 @@ def handle_of_child(pid: int) -> ProcessHandle:
 
 
 def open_log(path: Path) -> int:
-    """A file descriptor appending to `path`, created 0600; O_NOFOLLOW so a planted symlink cannot
-    redirect it."""
-    return os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    """A file descriptor appending to `path`, created 0600. Neither a planted symlink (O_NOFOLLOW)
+    nor a FIFO (O_NONBLOCK, then a regular-file check) can redirect or hang it."""
+    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
+    fd = os.open(path, flags, 0o600)
+    if not stat.S_ISREG(os.fstat(fd).st_mode):  # a FIFO or a device planted in its place
+        os.close(fd)
+        raise OSError(errno.EINVAL, "not a regular file", str(path))
+    return fd
 
 
 def spawn(argv: list[str], *, env: dict[str, str], output: int, cwd: str | None) -> subprocess.Popen[bytes]:

@@ -20,7 +20,10 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from .safefiles import read_regular_file
+
 SCHEMA_VERSION = 2
+MAX_STATE_BYTES = 16 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -75,11 +78,12 @@ def remove_stale_temps(path: Path) -> None:
 def load(path: Path) -> tuple[SavedState, str | None]:
     """(what was saved, a warning). A missing file is no warning; a broken one is."""
     try:
-        raw = path.read_bytes().decode("utf-8", errors="replace")
+        raw = read_regular_file(path, MAX_STATE_BYTES).decode("utf-8", errors="replace")
     except FileNotFoundError:
         return SavedState(), None
     except OSError as exc:
-        return SavedState(), f"cannot read state file {path}: {exc}; starting with no adopted instances"
+        reason = f"{exc.strerror}" if exc.strerror else str(exc)
+        return SavedState(), f"cannot read state file {path}: {reason}; starting with no adopted instances"
     try:
         payload = json.loads(raw)
         version = payload.get("version")

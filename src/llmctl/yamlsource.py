@@ -66,9 +66,52 @@ _LineLoader.add_constructor("tag:yaml.org,2002:map", _LineLoader.construct_mappi
 _LineLoader.add_constructor("tag:yaml.org,2002:seq", _LineLoader.construct_sequence)
 
 
+# A config is a few hundred nodes. An alias bomb (anchors nesting anchors) expands to billions once
+# llmctl walks the document, so the expanded size is counted on the node graph before anything is built.
+MAX_EXPANDED_NODES = 100_000
+
+
+def _check_expansion(root: yaml.Node) -> None:
+    sizes: dict[int, int] = {}
+    in_progress: set[int] = set()
+
+    def size(node: yaml.Node) -> int:
+        if id(node) in in_progress:
+            raise YamlSyntaxError("an alias refers to the value that contains it", node.start_mark.line + 1)
+        known = sizes.get(id(node))
+        if known is not None:
+            return known
+        in_progress.add(id(node))
+        if isinstance(node, yaml.MappingNode):
+            total = 1 + sum(size(key) + size(value) for key, value in node.value)
+        elif isinstance(node, yaml.SequenceNode):
+            total = 1 + sum(size(child) for child in node.value)
+        else:
+            total = 1
+        in_progress.discard(id(node))
+        sizes[id(node)] = total
+        if total > MAX_EXPANDED_NODES:
+            raise YamlSyntaxError(
+                f"the document expands to more than {MAX_EXPANDED_NODES} values through its aliases "
+                "(an alias bomb?); llmctl refuses it",
+                node.start_mark.line + 1,
+            )
+        return total
+
+    size(root)
+
+
 def load_yaml(text: str) -> Any:
     try:
-        return yaml.load(text, Loader=_LineLoader)
+        loader = _LineLoader(text)
+        try:
+            root = loader.get_single_node()
+            if root is None:
+                return None
+            _check_expansion(root)
+            return loader.construct_document(root)
+        finally:
+            loader.dispose()
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark else None
@@ -78,6 +121,8 @@ def load_yaml(text: str) -> Any:
         raise YamlSyntaxError(problem, line) from None
     except yaml.YAMLError as exc:
         raise YamlSyntaxError(str(exc).splitlines()[0], None) from None
+    except RecursionError:
+        raise YamlSyntaxError("the document is nested too deeply", None) from None
 
 
 def line_of(document: Any, location: Iterable[Any]) -> int | None:

@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ..safefiles import read_regular_file
 from .base import READY_POLL_MAX, Backend, NotReady, get_status, poll_until_ok, resolve_model_path
 
 if TYPE_CHECKING:
@@ -65,7 +66,7 @@ class MlxBackend(Backend):
         if folder is None:
             return None
         try:
-            config = json.loads((folder / "config.json").read_text())
+            config = json.loads(read_regular_file(folder / "config.json", 1 << 20, follow_symlinks=True))
             weights = sum(path.stat().st_size for path in folder.glob("*.safetensors"))
         except (OSError, ValueError):
             return None
