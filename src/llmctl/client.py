@@ -153,13 +153,48 @@ def _spawn_daemon(paths: StatePaths) -> None:
         if is_running(paths):
             return
         if daemon.poll() is not None and not is_running(paths):
-            raise SupervisorError(
-                f"the supervisor exited at start; see {paths.supervisor_log}: {_last_line(paths.supervisor_log)}"
-            )
+            holder = lock_holder(paths)
+            if holder is None:
+                raise SupervisorError(
+                    f"the supervisor exited at start; see {paths.supervisor_log}: {_last_line(paths.supervisor_log)}"
+                )
+            # Another supervisor holds the lock: its socket may be back in a moment (it recreates a deleted one).
+            _wait_for_answer(paths, holder, deadline)
+            return
         time.sleep(0.02)
     raise SupervisorError(
         f"the supervisor did not answer within {SUPERVISOR_START_TIMEOUT:g}s; see {paths.supervisor_log}"
     )
+
+
+def _wait_for_answer(paths: StatePaths, holder: int, deadline: float) -> None:
+    limit = min(deadline, time.monotonic() + 5.0)
+    while time.monotonic() < limit:
+        if is_running(paths):
+            return
+        time.sleep(0.05)
+    raise SupervisorError(
+        f"another supervisor (pid {holder}) holds the lock of {paths.root} but does not answer on {paths.socket}; "
+        f"stop it (`kill {holder}`) and try again"
+    )
+
+
+def lock_holder(paths: StatePaths) -> int | None:
+    """The PID of the supervisor holding this state folder's lock, or None when none holds it."""
+    try:
+        fd = os.open(paths.supervisor_lock, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+    except OSError:
+        return None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            text = os.read(fd, 32).decode(errors="replace").strip()
+            return int(text) if text.isdigit() else -1
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    finally:
+        os.close(fd)
 
 
 def _last_line(path: Path) -> str:

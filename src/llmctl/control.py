@@ -18,9 +18,11 @@ a client names.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import __version__
@@ -34,8 +36,44 @@ log = logging.getLogger("llmctl.control")
 MAX_REQUEST_BYTES = 1 << 20
 
 
+SOCKET_CHECK_EVERY = 1.0
+
+
 async def serve(supervisor: Supervisor) -> None:
+    """Serve until shutdown. A socket someone deleted (a cleanup script, `rm -rf` of the folder) is
+    noticed within a second and made again: without it no command could reach the servers."""
     path = supervisor.paths.socket
+    identity = None
+    while not supervisor.shutdown_requested.is_set():
+        try:
+            server, identity = await _listen(supervisor, path)
+        except (OSError, LlmctlError) as exc:  # e.g. a folder someone replaced: the servers run on regardless
+            log.error("cannot make the control socket %s: %s; trying again", path, exc)
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(supervisor.shutdown_requested.wait(), SOCKET_CHECK_EVERY)
+            continue
+        try:
+            while not supervisor.shutdown_requested.is_set() and _identity(path) == identity:
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(supervisor.shutdown_requested.wait(), SOCKET_CHECK_EVERY)
+        finally:
+            server.close()
+        if not supervisor.shutdown_requested.is_set():
+            log.warning("the control socket %s was removed or replaced; making it again", path)
+    if identity is not None and _identity(path) == identity:
+        path.unlink()
+
+
+def _identity(path: Path) -> tuple[int, int] | None:
+    try:
+        info = os.lstat(path)
+    except OSError:
+        return None
+    return info.st_dev, info.st_ino
+
+
+async def _listen(supervisor: Supervisor, path: Path) -> tuple[asyncio.AbstractServer, tuple[int, int] | None]:
+    supervisor.paths.ensure()  # the folder may have gone with the socket
     if path.exists() or path.is_symlink():
         path.unlink()  # the caller holds the supervisor lock, so any socket here is a stale one
     previous_umask = os.umask(0o177)  # created 0600: no window in which others could connect
@@ -46,13 +84,7 @@ async def serve(supervisor: Supervisor) -> None:
     finally:
         os.umask(previous_umask)
     os.chmod(path, 0o600)
-    try:
-        async with server:
-            await supervisor.shutdown_requested.wait()
-    finally:
-        server.close()
-        if path.exists():
-            path.unlink()
+    return server, _identity(path)
 
 
 async def _handle(supervisor: Supervisor, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

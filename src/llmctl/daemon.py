@@ -31,7 +31,10 @@ def acquire_supervisor_lock(paths: StatePaths) -> IO[str]:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         lock.close()
-        raise SupervisorError(f"another supervisor is already running for {paths.root}") from None
+        from .client import lock_holder
+
+        holder = lock_holder(paths)
+        raise SupervisorError(f"another supervisor (pid {holder}) is already running for {paths.root}") from None
     lock.truncate(0)
     lock.write(f"{os.getpid()}\n")
     lock.flush()

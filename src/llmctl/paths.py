@@ -25,7 +25,9 @@ def private_dir(path: Path) -> Path:
     from .errors import SupervisorError
 
     try:
-        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        missing = [folder for folder in (path, *path.parents) if not folder.exists()]
+        for folder in reversed(missing):  # each one 0700: mkdir(parents=True) would make them 0755
+            folder.mkdir(mode=0o700, exist_ok=True)
         info = os.lstat(path)
     except OSError as exc:
         raise SupervisorError(

@@ -115,14 +115,31 @@ def wait(
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1", "[::1]")
 
 
+SECRET_HINTS = {
+    "llama.cpp": " (llama-server reads LLAMA_API_KEY and HF_TOKEN from its environment, or use --api-key-file)",
+    "mlx": " (Hugging Face reads HF_TOKEN from the environment)",
+}
+
+
 def exposure_warnings(specs: list[InstanceSpec]) -> list[str]:
-    """Instances listening beyond this machine: the user asked for it, but should know."""
-    return [
+    """Instances listening beyond this machine, and secrets on command lines: the user asked for
+    it, but should know."""
+    from .redact import secret_flags
+
+    warnings = [
         f"{spec.name} listens on {spec.host}: other machines can reach it"
         + (" (consider llama-server's --api-key-file)" if spec.backend == "llama.cpp" else "")
         for spec in specs
         if spec.host not in LOOPBACK_HOSTS and not spec.host.startswith("127.")
     ]
+    for spec in specs:
+        flags = secret_flags([*(spec.command or ()), *spec.args])
+        if flags:
+            warnings.append(
+                f"{spec.name} passes a secret on its command line ({', '.join(dict.fromkeys(flags))}), where every "
+                f"user's `ps` can read it: pass it through `env:` instead{SECRET_HINTS.get(spec.backend, '')}"
+            )
+    return warnings
 
 
 def _validated(config_path: Path, names: list[str]) -> Config:

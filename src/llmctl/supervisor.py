@@ -44,6 +44,7 @@ class Supervisor:
         self.started_mono = time.monotonic()
         self.shutdown_requested = asyncio.Event()
         self.requests: dict[str, int] = {}
+        self.warnings: list[str] = []  # shown by `status`, not only written to supervisor.log
         self.services = Services(paths, HttpClient(), LogHub(paths), dict(os.environ if environ is None else environ))
         self.services.on_change = self._changed
         self._change = asyncio.Event()
@@ -78,6 +79,7 @@ class Supervisor:
         saved, warning = state.load(self.paths.state_file)
         if warning:
             log.warning(warning)
+            self.warnings.append(warning)
         self._learn_settings(saved.config or {})
         self._adopting = True
         resume: list[Runner] = []
@@ -214,6 +216,7 @@ class Supervisor:
             "memory_rss_bytes": own_rss(),
             "log_hub_pid": self.services.hub.handle.pid if self.services.hub.handle else None,
             "requests": dict(self.requests),
+            "warnings": list(self.warnings),
         }
         return statusdoc.document(supervisor, system_summary(instances, self.memory_budget), instances)
 

@@ -173,6 +173,8 @@ def progress_table(instances: list[dict[str, Any]]) -> Any:
 
 
 def write_status(status: dict[str, Any], *, as_json: bool, out: TextIO = sys.stdout) -> None:
+    for warning in (status.get("supervisor") or {}).get("warnings", []):
+        sys.stderr.write(f"llmctl: warning: {warning}\n")
     if as_json:
         write_json(status, out)
     elif out.isatty():
