@@ -104,3 +104,97 @@ def test_a_planted_symlink_is_not_followed(tmp_path, state_dir):
     result = llmctl("up", cwd=tmp_path)
     assert result.returncode == 1 and "fake failed: cannot start" in result.stderr
     assert not target.exists()
+
+
+def rotate(log, backups: int) -> None:
+    """What the log hub does: NAME.log -> NAME.log.1 -> ... -> NAME.log.K, by renaming."""
+    for index in range(backups - 1, 0, -1):
+        older = log.with_name(f"{log.name}.{index}")
+        if older.exists():
+            older.rename(log.with_name(f"{log.name}.{index + 1}"))
+    log.rename(log.with_name(f"{log.name}.1"))
+
+
+def test_a_follower_goes_through_every_rotation_in_order(tmp_path):
+    """Three rotations between two looks, as under a 20 MB/s flood: every line, in order."""
+    from llmctl.logfiles import _Follower
+
+    log = tmp_path / "x.log"
+    log.write_text("line 1\n")
+    follower = _Follower(log, from_end=False)
+    assert list(follower.read_lines()) == ["line 1"]
+    number = 1
+    for _ in range(3):
+        with log.open("a") as out:
+            for _ in range(5):
+                number += 1
+                out.write(f"line {number}\n")
+        rotate(log, backups=3)
+        log.write_text("")
+    with log.open("a") as out:
+        out.write(f"line {number + 1}\n")
+    assert numbers(list(follower.read_lines())) == list(range(2, number + 2))
+
+
+def test_logs_splits_an_over_long_line_and_holds_no_more_than_a_piece(tmp_path):
+    from llmctl.logfiles import MAX_LINE, SPLIT_MARKER, _Follower, last_lines
+
+    log = tmp_path / "x.log"
+    log.write_bytes(b"short\n" + b"y" * (3 * MAX_LINE + 10) + b"\nend\n")
+    lines = last_lines(log, 10)
+    assert lines[0] == "short" and lines[-1] == "end"
+    assert [len(line) for line in lines[1:-1]] == [MAX_LINE + len(SPLIT_MARKER)] * 3 + [10]
+    follower = _Follower(log, from_end=False)
+    assert list(follower.read_lines()) == lines
+    with log.open("ab") as out:
+        out.write(b"z" * (2 * MAX_LINE + 5))  # no newline yet
+    pieces = list(follower.read_lines())
+    assert len(pieces) == 2 and all(piece.endswith(SPLIT_MARKER) for piece in pieces)
+    assert len(follower.partial) == 5
+
+
+HOSTILE = b"clip\x1b]52;c;aGVsbG8=\x07 title\x1b]0;pwned\x07 clear\x1b[2J bad\xff utf8\n"
+
+
+def run_on_a_terminal(*args: str, cwd) -> bytes:
+    """Run llmctl with a pseudo-terminal as its stdout; what it wrote there."""
+    import os
+    import pty
+
+    leader, follower = pty.openpty()
+    env = {**os.environ, "COLUMNS": "300"}  # wide enough that no cell is cut
+    process = subprocess.Popen([LLMCTL, *args], cwd=cwd, stdout=follower, stderr=subprocess.PIPE, env=env)
+    os.close(follower)
+    output = b""
+    while True:
+        try:
+            chunk = os.read(leader, 65536)
+        except OSError:  # EIO once the other side is closed
+            break
+        if not chunk:
+            break
+        output += chunk
+    process.wait(timeout=30)
+    os.close(leader)
+    return output
+
+
+def test_server_output_never_reaches_a_terminal_raw(tmp_path, state_dir):
+    port = free_port()
+    write_config(tmp_path, "instances:" + command_instance("loud", port, "--say-hex", HOSTILE.hex()))
+    assert llmctl("up", cwd=tmp_path).returncode == 0
+    shown = run_on_a_terminal("logs", "loud", cwd=tmp_path)
+    assert b"\x1b" not in shown and b"\x07" not in shown
+    assert b"clip\\x1b]52;c;aGVsbG8=\\x07" in shown and b"bad\\xff utf8" in shown
+    assert b"\x1b]52" in run_on_a_terminal("logs", "--raw", "loud", cwd=tmp_path)  # asked for
+    piped = subprocess.run([LLMCTL, "logs", "loud"], cwd=tmp_path, capture_output=True, env=None).stdout
+    assert HOSTILE in piped  # off a terminal the bytes pass unchanged
+
+
+def test_rich_markup_in_outside_text_is_shown_not_obeyed(tmp_path, state_dir):
+    port = free_port()
+    write_config(tmp_path, "instances:" + command_instance("odd", port, extra="    model: 'weird[/]name[bold]x'\n"))
+    for args in (("status",), ("up",), ("status",)):
+        shown = run_on_a_terminal(*args, cwd=tmp_path)
+        assert b"Traceback" not in shown
+    assert b"weird[/]name[bold]x" in shown

@@ -1,16 +1,25 @@
-"""Read instance logs: the last lines, or follow them as they grow (surviving truncation and rotation)."""
+"""Read instance logs: the last lines, or follow them as they grow, across every rotation, in order.
+
+The log hub rotates NAME.log -> NAME.log.1 -> ... by renaming, so a file keeps its identity (device,
+inode) as it moves: a follower that finishes its file goes on with the one written after it, however
+many rotations happened since it last looked, and loses nothing that still exists. Lines longer than
+MAX_LINE are split with a visible marker, so neither `logs` nor `logs -f` holds an unbounded line.
+"""
 
 from __future__ import annotations
 
 import os
 import stat
 import time
-from collections import deque
 from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
 FOLLOW_POLL = 0.1
+MAX_LINE = 64 * 1024
+CHUNK = 64 * 1024
+MAX_BACKUPS = 100  # as the config allows
+SPLIT_MARKER = " [llmctl: line continues]"
 
 
 def _open_log(path: Path) -> BinaryIO:
@@ -23,74 +32,106 @@ def _open_log(path: Path) -> BinaryIO:
     return os.fdopen(fd, "rb")
 
 
+def split_long(line: bytes) -> list[bytes]:
+    if len(line) <= MAX_LINE:
+        return [line]
+    pieces = [line[start : start + MAX_LINE] for start in range(0, len(line), MAX_LINE)]
+    return [piece + SPLIT_MARKER.encode() for piece in pieces[:-1]] + [pieces[-1]]
+
+
+def _decode(lines: list[bytes]) -> list[str]:
+    # surrogateescape: bytes that are not UTF-8 survive the round trip, so off a terminal they pass unchanged
+    return [piece.decode("utf-8", errors="surrogateescape") for line in lines for piece in split_long(line)]
+
+
 def last_lines(path: Path, count: int) -> list[str]:
-    """The last `count` lines of a log, read from the end so a large log costs little."""
+    """The last `count` lines of a log, read from the end so a large log costs little (and at most
+    about count × MAX_LINE bytes, however long its lines)."""
     if count <= 0:
         return []
+    budget = (count + 1) * MAX_LINE
     try:
         with _open_log(path) as log:
-            log.seek(0, os.SEEK_END)
-            end = log.tell()
-            block = 65536
-            data = b""
-            position = end
-            while position > 0 and data.count(b"\n") <= count:
-                position = max(0, position - block)
+            end = log.seek(0, os.SEEK_END)
+            position, data = end, b""
+            while position > 0 and data.count(b"\n") <= count and end - position < budget:
+                position = max(0, position - CHUNK, end - budget)
                 log.seek(position)
                 data = log.read(end - position)
-    except OSError:  # missing, or a symlink (ELOOP): nothing to show
+    except OSError:  # missing, a symlink (ELOOP), a FIFO: nothing to show
         return []
-    lines = data.decode("utf-8", errors="replace").splitlines()
-    return lines[-count:]
+    lines = data.split(b"\n")
+    if data.endswith(b"\n"):
+        lines.pop()
+    if position > 0 and len(lines) > 1:
+        lines = lines[1:]  # the first is only the end of a line
+    return _decode(lines)[-count:]
+
+
+def _identity(path: Path) -> tuple[int, int] | None:
+    try:
+        info = os.stat(path, follow_symlinks=False)
+    except OSError:
+        return None
+    return info.st_dev, info.st_ino
 
 
 class _Follower:
-    """One followed file; reopens it when it is replaced (rotation) or shrinks (truncation)."""
+    """One followed log and the rotated files behind it."""
 
     def __init__(self, path: Path, from_end: bool) -> None:
         self.path = path
         self.handle: BinaryIO | None = None
-        self.inode: int | None = None
+        self.identity: tuple[int, int] | None = None
         self.partial = b""
-        self._open(seek_end=from_end)
+        self._open(path, seek_end=from_end)
 
-    def _open(self, seek_end: bool) -> None:
+    def _open(self, path: Path, seek_end: bool) -> bool:
         try:
-            handle = _open_log(self.path)
+            handle = _open_log(path)
         except OSError:
-            return
+            return False
         if self.handle is not None:
             self.handle.close()
         self.handle = handle
-        self.inode = os.fstat(handle.fileno()).st_ino
+        info = os.fstat(handle.fileno())
+        self.identity = (info.st_dev, info.st_ino)
         if seek_end:
             handle.seek(0, os.SEEK_END)
+        return True
 
-    def read_lines(self) -> list[str]:
-        if self.handle is None:
-            self._open(seek_end=False)
-            if self.handle is None:
-                return []
-        lines = self._drain()
-        try:
-            current = os.stat(self.path)
-        except FileNotFoundError:
-            return lines
-        if current.st_ino != self.inode:
-            self._open(seek_end=False)  # rotated: the rest of the old file was drained above
-            lines += self._drain()
-        elif current.st_size < self.handle.tell():
-            self.handle.seek(0)  # truncated in place
-        return lines
+    def read_lines(self) -> Iterator[str]:
+        if self.handle is None and not self._open(self.path, seek_end=False):
+            return
+        for _ in range(MAX_BACKUPS + 2):
+            yield from self._drain()
+            current = _identity(self.path)
+            if current is None or current == self.identity:
+                assert self.handle is not None
+                if current is not None and os.stat(self.path).st_size < self.handle.tell():
+                    self.handle.seek(0)  # truncated in place
+                return
+            if not self._open(self._successor(), seek_end=False):  # rotated: on to the next file
+                return
 
-    def _drain(self) -> list[str]:
+    def _successor(self) -> Path:
+        """The file written after ours: oldest rotated first, the live log last."""
+        chain = [self.path.with_name(f"{self.path.name}.{n}") for n in range(MAX_BACKUPS, 0, -1)] + [self.path]
+        existing = [(path, _identity(path)) for path in chain]
+        existing = [(path, identity) for path, identity in existing if identity is not None]
+        for index, (_, identity) in enumerate(existing):
+            if identity == self.identity and index + 1 < len(existing):
+                return existing[index + 1][0]
+        return existing[0][0] if existing else self.path  # ours was rotated away: the oldest left
+
+    def _drain(self) -> Iterator[str]:
         assert self.handle is not None
-        chunk = self.handle.read()
-        if not chunk:
-            return []
-        data = self.partial + chunk
-        *complete, self.partial = data.split(b"\n")
-        return [line.decode("utf-8", errors="replace") for line in complete]
+        while chunk := self.handle.read(CHUNK):
+            *complete, self.partial = (self.partial + chunk).split(b"\n")
+            yield from _decode(complete)
+            while len(self.partial) > MAX_LINE:  # no newline in sight: hand it on in pieces
+                yield self.partial[:MAX_LINE].decode("utf-8", errors="surrogateescape") + SPLIT_MARKER
+                self.partial = self.partial[MAX_LINE:]
 
 
 def follow(paths: dict[str, Path], backlog: int) -> Iterator[tuple[str, str]]:
@@ -99,12 +140,11 @@ def follow(paths: dict[str, Path], backlog: int) -> Iterator[tuple[str, str]]:
         for line in last_lines(path, backlog):
             yield name, line
     followers = {name: _Follower(path, from_end=True) for name, path in paths.items()}
-    pending: deque[tuple[str, str]] = deque()
     while True:
+        quiet = True
         for name, follower in followers.items():
-            pending.extend((name, line) for line in follower.read_lines())
-        if pending:
-            while pending:
-                yield pending.popleft()
-        else:
+            for line in follower.read_lines():
+                quiet = False
+                yield name, line
+        if quiet:
             time.sleep(FOLLOW_POLL)

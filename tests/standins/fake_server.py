@@ -16,6 +16,7 @@ misbehaves on request:
     --exit-file PATH       once PATH exists, exit with the code it holds (0 if empty)
     --tick S               print "tick N" every S seconds
     --count-term           print "got SIGTERM" for each SIGTERM, and exit 0.5 s after the first
+    --say-hex HEX          write these bytes to stdout at start (escape sequences, broken UTF-8)
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ def main() -> int:
     parser.add_argument("--exit-file")
     parser.add_argument("--tick", type=float, default=0.0)
     parser.add_argument("--count-term", action="store_true")
+    parser.add_argument("--say-hex", default="")
     args = parser.parse_args()
 
     print(f"fake server pid {os.getpid()} starting", flush=True)
@@ -53,6 +55,9 @@ def main() -> int:
         return args.exit_at_once
     if args.ignore_term:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    if args.say_hex:
+        sys.stdout.buffer.write(bytes.fromhex(args.say_hex))
+        sys.stdout.flush()
     if args.count_term:
         signal.signal(signal.SIGTERM, _count_term)
     for _ in range(args.children):

@@ -216,8 +216,13 @@ def logs(
     follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing new lines.")] = False,
     lines: Annotated[int, typer.Option("--lines", "-n", help="How many of the last lines to show.", min=0)] = 50,
     file: LongFileOption = None,
+    raw: Annotated[
+        bool, typer.Option("--raw", help="Pass control characters to the terminal as the server printed them.")
+    ] = False,
 ) -> None:
-    """Print the last lines of instance logs, or follow them; several interleave with a name prefix."""
+    """Print the last lines of instance logs, or follow them; several interleave with a name prefix.
+
+    On a terminal, control characters a server printed are shown as escapes (\\x1b...), never obeyed."""
     from ..logfiles import follow as follow_logs
     from ..logfiles import last_lines
 
@@ -228,8 +233,10 @@ def logs(
     prefix = len(files) > 1
     width = max(len(name) for name in files)
 
+    write = render.line_writer(sys.stdout, raw)
+
     def emit(name: str, line: str) -> None:
-        sys.stdout.write(f"{name.ljust(width)} | {line}\n" if prefix else line + "\n")
+        write(f"{name.ljust(width)} | {line}" if prefix else line)
 
     if not follow:
         for name, path in files.items():

@@ -14,6 +14,7 @@ from .. import budget
 
 TYPE_CHECKING = False  # not `from typing`: importing typing costs `llmctl status` 4 ms
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from typing import Any, TextIO
 
 
@@ -183,3 +184,35 @@ def write_status(status: dict[str, Any], *, as_json: bool, out: TextIO = sys.std
         Console(file=out).print(rich_table(status))
     else:
         write_plain_table(status.get("instances", []), out, footer=system_line(status))
+
+
+def visible(text: str) -> str:
+    """Control characters as escapes (ESC as \\x1b, ...), so what a server printed cannot write the
+    clipboard (OSC 52), retitle the window or clear the screen; bytes that were not UTF-8 as \\xNN."""
+    if text.isprintable():
+        return text
+    return "".join(char if char.isprintable() or char == "\t" else _escape(char) for char in text)
+
+
+def _escape(char: str) -> str:
+    code = ord(char)
+    if 0xDC80 <= code <= 0xDCFF:  # a byte that was not UTF-8 (surrogateescape)
+        return f"\\x{code - 0xDC00:02x}"
+    return repr(char)[1:-1] if code < 0x10000 else char
+
+
+def line_writer(stream: TextIO, raw: bool) -> Callable[[str], None]:
+    """Write outside text: shown safely on a terminal (unless `raw`); off one, its bytes unchanged."""
+    terminal = stream.isatty() and not raw
+    buffer = getattr(stream, "buffer", None)
+
+    def write(line: str) -> None:
+        if terminal:
+            stream.write(visible(line) + "\n")
+        elif buffer is not None:
+            stream.flush()
+            buffer.write(line.encode("utf-8", errors="surrogateescape") + b"\n")
+        else:
+            stream.write(line + "\n")
+
+    return write

@@ -67,13 +67,16 @@ def explain_failure(instance: dict[str, Any]) -> None:
 
     reason = instance.get("last_error") or instance.get("reason") or instance["state"]
     retry = " (retrying per its restart policy)" if instance["state"] == "backoff" else ""
+    if sys.stderr.isatty():
+        reason = render.visible(reason)  # it may quote what the server said
     _stderr(f"llmctl: {instance['name']} failed: {reason}{retry}")
     if instance.get("log"):
         lines = last_lines(Path(instance["log"]), FAILURE_LOG_LINES)
         if lines:
             _stderr(f"--- last {len(lines)} lines of {instance['log']} ---")
+            write = render.line_writer(sys.stderr, raw=False)
             for line in lines:
-                _stderr("  " + line)
+                write("  " + line)
 
 
 class _UpProgress:
