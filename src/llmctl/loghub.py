@@ -22,13 +22,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from . import process
+from .logfiles import last_lines
 from .safefiles import read_regular_file
 
 if TYPE_CHECKING:
+    from .backends import Backend
     from .paths import StatePaths
 
 log = logging.getLogger("llmctl.loghub")
 
+LOG_WATCH_EVERY = 0.25
 HUB_COMMAND = (sys.executable, "-S", "-I", str(Path(__file__).with_name("logrelay.py")))
 
 
@@ -127,6 +130,26 @@ class LogHub:
             pass  # a full disk must not stop supervision
         finally:
             os.close(fd)
+
+    def since_start(self, name: str) -> list[str]:
+        """What NAME's server logged since llmctl last started it (its last 400 lines at most)."""
+        lines = last_lines(self.paths.log_file(name), 400)
+        starts = [index for index, line in enumerate(lines) if line.startswith("[llmctl") and "] starting: " in line]
+        return lines[starts[-1] + 1 :] if starts else lines
+
+    async def load_failure(self, name: str, backend: Backend) -> str:
+        """Return once NAME's log says its model failed to load, with the server's own line."""
+        size = -1
+        while True:
+            await asyncio.sleep(LOG_WATCH_EVERY)
+            with contextlib.suppress(OSError):
+                now = os.stat(self.paths.log_file(name)).st_size
+                if now != size:
+                    size = now
+                    words = backend.load_failure(self.since_start(name))
+                    if words:
+                        await asyncio.sleep(LOG_WATCH_EVERY)  # let the rest of a traceback arrive
+                        return backend.load_failure(self.since_start(name)) or words
 
     def release(self, name: str) -> None:
         """NAME's server is gone: let the hub drain its FIFO and close it."""

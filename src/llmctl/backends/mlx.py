@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..safefiles import read_regular_file
-from .base import READY_POLL_MAX, Backend, NotReady, get_status, poll_until_ok, resolve_model_path
+from .base import READY_POLL_MAX, Backend, NotReady, get_status, poll_delays, resolve_model_path
 
 if TYPE_CHECKING:
     from ..httpclient import HttpClient
@@ -34,6 +34,7 @@ class MlxBackend(Backend):
     install_hint = (
         'Install it with `pip install mlx-lm` (on Linux: `pip install "mlx[cpu]" mlx-lm`), or set binaries.mlx.'
     )
+    load_failure_markers = ("generation thread died", "Traceback (most recent call last)")
 
     def check_spec(self, spec: InstanceSpec) -> tuple[str, str] | None:
         model = spec.model or ""
@@ -94,7 +95,15 @@ class MlxBackend(Backend):
     async def wait_ready(self, spec: InstanceSpec, http: HttpClient) -> None:
         import asyncio  # here, not at the top: see base.py's docstring
 
-        await poll_until_ok(http, self.liveness_url(spec), spec.health.timeout)
+        # Since mlx-lm 0.31.3 /health answers 503 only once the generation thread has died (the model
+        # failed to load): not "still loading", so a 503 fails the start at once.
+        for delay in poll_delays():
+            status = await get_status(http, self.liveness_url(spec), spec.health.timeout)
+            if status == 200:
+                break
+            if status == 503:
+                raise NotReady("the model failed to load (mlx_lm.server's generation thread died)")
+            await asyncio.sleep(delay)
         completion = asyncio.ensure_future(self._first_token(spec, http))
         try:
             while not completion.done():
