@@ -321,3 +321,53 @@ def test_secrets_are_masked_everywhere_and_warned_about_on_the_command_line(tmp_
     for secret in ("tok1", "tok2", "tok3", "tok4", "tok5", "tok6", "tok7"):
         assert secret not in shown, secret
     assert "visible" in shown
+
+
+@pytest.mark.skipif(shutil.which("unshare") is None, reason="needs util-linux unshare for a read-only mount")
+def test_a_read_only_state_folder_is_exit_3(tmp_path):
+    write_config(tmp_path, "instances:" + command_instance("fake", free_port()))
+    readonly = tmp_path / "ro"
+    readonly.mkdir()
+    script = f"mount -t tmpfs -o ro,size=1m tmpfs {readonly} && exec {LLMCTL} up"
+    result = subprocess.run(
+        ["unshare", "-m", "sh", "-c", script],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "LLMCTL_STATE_DIR": str(readonly / "state")},
+    )
+    if "mount:" in result.stderr and "permission denied" in result.stderr.lower():
+        pytest.skip("mount namespaces are not allowed here")
+    assert result.returncode == 3, result.stderr
+    assert str(readonly / "state") in result.stderr and "Read-only file system" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_one_endless_line_costs_the_log_hub_no_memory(tmp_path):
+    """A 50 MB line without a newline used to grow the relay by 40 MB; the hub cuts it in pieces."""
+    import psutil
+
+    from llmctl import logrelay
+
+    pipes, logs = tmp_path / "pipes", tmp_path / "logs"
+    pipes.mkdir()
+    logs.mkdir()
+    os.mkfifo(pipes / "long.fifo", 0o600)
+    (pipes / "limits").write_text(f"{1 << 30} 0\n")  # no rotation: the whole line stays in one file
+    hub = subprocess.Popen([sys.executable, "-S", "-I", logrelay.__file__, str(pipes), str(logs)])
+    try:
+        writer = os.open(pipes / "long.fifo", os.O_WRONLY)
+        peak = 0
+        for _ in range(50):
+            os.write(writer, b"x" * (1024 * 1024))
+            peak = max(peak, psutil.Process(hub.pid).memory_info().rss)
+        os.write(writer, b"\n")
+        os.close(writer)
+        wait_for(lambda: (logs / "long.log").exists() and (logs / "long.log").stat().st_size > 50 * 1024 * 1024)
+        assert peak < 30 * 1024 * 1024
+        first = (logs / "long.log").open("rb").readline()
+        assert first.endswith(b"[llmctl: line continues]\n") and len(first) < 70 * 1024
+    finally:
+        hub.terminate()
+        hub.wait(timeout=10)
