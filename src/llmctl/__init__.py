@@ -1,3 +1,3 @@
 """llmctl: run several local LLM servers side by side, supervised."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

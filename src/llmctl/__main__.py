@@ -56,7 +56,8 @@ def _fast_status(argv: list[str]) -> int | None:
         return None  # the full path shows a configured instance the supervisor never ran, or the error
     from .cli.render import write_status
 
-    write_status(document(answer["supervisor"], answer.get("system"), instances), as_json=bool(parsed.get("--json")))
+    status = document(answer["supervisor"], answer.get("system"), instances, answer.get("gateway"))
+    write_status(status, as_json=bool(parsed.get("--json")))
     return 0
 
 

@@ -25,7 +25,7 @@ from .configprep import FieldProblem, apply_defaults, expand_variables
 from .errors import ConfigError
 from .paths import CONFIG_ENV, DEFAULT_CONFIG_NAME
 from .safefiles import read_regular_file
-from .spec import Config, InstanceSpec
+from .spec import Config, GatewaySpec, InstanceSpec
 from .yamlsource import LineDict, YamlSyntaxError, line_of, load_yaml
 
 MAX_CONFIG_BYTES = 4 * 1024 * 1024
@@ -96,6 +96,12 @@ class InstanceModel(_Strict):
     # Above this (bytes, "8GiB", "25%"): a warning at once, a restart per policy once it lasts memory_grace seconds.
     max_memory: int | None = None
     memory_grace: Seconds = 30.0
+    # The gateway: other names this instance answers to, started by the first request (not by `up`),
+    # stopped after `ttl` idle seconds, at most `max_queue` requests waiting for it.
+    aliases: list[str] = []
+    on_demand: bool = False
+    ttl: Seconds | None = None
+    max_queue: Annotated[int, Field(ge=0)] = 10
     # Filled in by the loader, not by users: the folder relative paths resolve against.
     workdir: str = ""
 
@@ -107,6 +113,16 @@ class InstanceModel(_Strict):
                 f"{value!r} is not a plain name: use letters, digits, '-' and '_' (at most 64), "
                 "since names become file names and URL parts"
             )
+        return value
+
+    @field_validator("aliases")
+    @classmethod
+    def _plain_aliases(cls, value: list[str]) -> list[str]:
+        for alias in value:
+            if not alias or len(alias) > 256 or not alias.isprintable() or alias != alias.strip():
+                raise ValueError(
+                    f"{alias!r} is not a usable model name (printable, no surrounding spaces, at most 256)"
+                )
         return value
 
     @field_validator("backend")
@@ -180,8 +196,27 @@ class LogsModel(_Strict):
     backups: Annotated[int, Field(ge=0, le=100)] = 3
 
 
+class GatewayModel(_Strict):
+    """One port for every model (absent: no gateway). Beyond loopback it needs an API key."""
+
+    host: str = "127.0.0.1"
+    port: Annotated[int, Field(ge=1024, le=65535)]
+    api_key_env: str | None = None  # the name of an environment variable holding the key
+    api_key_file: str | None = None  # a file holding the key (mode 0600), never the key itself
+    cors_origins: list[str] = []
+    max_body: int = 32 * 1024 * 1024
+    max_wait: Seconds = 300.0  # how long a request may wait for its instance to start
+    drain_timeout: Seconds = 60.0  # how long a start waits for a busy instance to finish before evicting fails
+
+    @field_validator("max_body", mode="before")
+    @classmethod
+    def _body_size(cls, value: Any) -> Any:
+        return _size(value)
+
+
 class ConfigModel(_Strict):
     instances: list[InstanceModel]
+    gateway: GatewayModel | None = None
     defaults: DefaultsModel = DefaultsModel()
     logs: LogsModel = LogsModel()
     # What all instances together may take (bytes, "48GiB", "80%"); None: the platform default.
@@ -208,6 +243,8 @@ class ConfigModel(_Strict):
     def _unique_names_and_ports(self) -> ConfigModel:
         seen_names: set[str] = set()
         seen_ports: dict[int, str] = {}
+        if self.gateway is not None:
+            seen_ports[self.gateway.port] = "the gateway"
         for index, instance in enumerate(self.instances):
             if instance.name in seen_names:
                 raise FieldProblem(("instances", index, "name"), f"duplicate name {instance.name!r}")
@@ -218,7 +255,21 @@ class ConfigModel(_Strict):
                     f"port {instance.port} is already used by instance {seen_ports[instance.port]!r}",
                 )
             seen_ports[instance.port] = instance.name
+        self._unique_aliases(seen_names)
         return self
+
+    def _unique_aliases(self, names: set[str]) -> None:
+        owners: dict[str, str] = {}
+        for index, instance in enumerate(self.instances):
+            for position, alias in enumerate(instance.aliases):
+                clash = instance.name if alias == instance.name else owners.get(alias)
+                if alias in names and alias != instance.name:
+                    clash = alias
+                if clash is not None:
+                    raise FieldProblem(
+                        ("instances", index, "aliases", position), f"{alias!r} already names instance {clash!r}"
+                    )
+                owners[alias] = instance.name
 
     def to_spec(self) -> Config:
         return Config(
@@ -228,6 +279,7 @@ class ConfigModel(_Strict):
             log_max_bytes=self.logs.max_bytes,
             log_backups=self.logs.backups,
             memory_budget=self.memory_budget,
+            gateway=GatewaySpec(**self.gateway.model_dump()) if self.gateway else None,
         )
 
 

@@ -69,7 +69,7 @@ def _selected(answer: dict[str, Any], names: list[str], config_path: Path) -> di
         for name in unknown:
             shown[name] = describe(config.instance(name), None, str(StatePaths.default().log_file(name)))  # type: ignore[union-attr]
         instances = [shown[name] for name in dict.fromkeys(names)]
-    return statusdoc.document(answer.get("supervisor"), answer.get("system"), instances)
+    return statusdoc.document(answer.get("supervisor"), answer.get("system"), instances, answer.get("gateway"))
 
 
 def _config_or_none(config_path: Path | None) -> Config | None:

@@ -49,6 +49,10 @@ class InstanceSpec:
     max_memory: int | None
     memory_grace: float
     workdir: str
+    aliases: tuple[str, ...] = ()
+    on_demand: bool = False
+    ttl: float | None = None
+    max_queue: int = 10
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> InstanceSpec:
@@ -59,6 +63,7 @@ class InstanceSpec:
                 "command": tuple(data["command"]) if data["command"] is not None else None,
                 "health": HealthSpec(**data["health"]),
                 "restart": RestartSpec(**data["restart"]),
+                "aliases": tuple(data.get("aliases", ())),  # absent in specs saved before the gateway
             }
         )
 
@@ -66,6 +71,7 @@ class InstanceSpec:
         data = asdict(self)
         data["args"] = list(self.args)
         data["command"] = list(self.command) if self.command is not None else None
+        data["aliases"] = list(self.aliases)
         return data
 
     @property
@@ -79,6 +85,25 @@ class InstanceSpec:
 
 
 @dataclass(frozen=True)
+class GatewaySpec:
+    host: str
+    port: int
+    api_key_env: str | None
+    api_key_file: str | None
+    cors_origins: tuple[str, ...]
+    max_body: int
+    max_wait: float
+    drain_timeout: float
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "cors_origins", tuple(self.cors_origins))
+
+    @property
+    def url(self) -> str:
+        return f"http://{connect_host(self.host)}:{self.port}"
+
+
+@dataclass(frozen=True)
 class Config:
     path: str
     instances: tuple[InstanceSpec, ...]
@@ -86,13 +111,22 @@ class Config:
     log_max_bytes: int
     log_backups: int
     memory_budget: int | None
+    gateway: GatewaySpec | None = None
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Config:
-        return cls(**{**data, "instances": tuple(InstanceSpec.from_dict(entry) for entry in data["instances"])})
+        gateway = data.get("gateway")
+        return cls(
+            **{
+                **data,
+                "instances": tuple(InstanceSpec.from_dict(entry) for entry in data["instances"]),
+                "gateway": GatewaySpec(**gateway) if gateway else None,
+            }
+        )
 
     def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "instances": [instance.to_dict() for instance in self.instances]}
+        gateway = {**asdict(self.gateway), "cors_origins": list(self.gateway.cors_origins)} if self.gateway else None
+        return {**asdict(self), "instances": [instance.to_dict() for instance in self.instances], "gateway": gateway}
 
     @property
     def names(self) -> list[str]:

@@ -44,9 +44,13 @@ INSTANCE_KEYS = (
 
 
 def document(
-    supervisor: dict[str, Any] | None, system: dict[str, Any] | None, instances: list[dict[str, Any]]
+    supervisor: dict[str, Any] | None,
+    system: dict[str, Any] | None,
+    instances: list[dict[str, Any]],
+    gateway: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    return {"version": VERSION, "supervisor": supervisor, "system": system, "instances": instances}
+    """`gateway`: its URL and counters (per instance too) while one runs, else null."""
+    return {"version": VERSION, "supervisor": supervisor, "system": system, "instances": instances, "gateway": gateway}
 
 
 def with_version(payload: dict[str, Any]) -> dict[str, Any]:

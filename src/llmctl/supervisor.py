@@ -23,7 +23,7 @@ from .loghub import LogHub
 from .memory import own_rss, system_summary
 from .runner import Adoption, Runner, Services
 from .sampler import Sampler
-from .spec import Config, InstanceSpec
+from .spec import Config, GatewaySpec, InstanceSpec
 from .states import PENDING, RUNNING, WANTED_RUNNING, State
 
 if TYPE_CHECKING:
@@ -48,6 +48,7 @@ class Supervisor:
         self.services = Services(paths, HttpClient(), LogHub(paths), dict(os.environ if environ is None else environ))
         self.services.on_change = self._changed
         self._change = asyncio.Event()
+        self.gateway: Any = None  # llmctl.gateway.server.Gateway, imported only when configured
         self.sampler = Sampler(lambda: self.runners.values())
         self._adopting = False
 
@@ -62,6 +63,7 @@ class Supervisor:
         await self.close()
 
     async def close(self) -> None:
+        await self._set_gateway(None)  # first: no request may start an instance while they stop
         await asyncio.gather(*(runner.close() for runner in self.runners.values()))
         self._save()
         await self.services.hub.stop()
@@ -153,17 +155,39 @@ class Supervisor:
         for spec in selected:
             runner = self.runners.get(spec.name)
             running = runner is not None and runner.state in WANTED_RUNNING
-            actions[spec.name] = (
-                ("running" if runner.spec == spec else "recreated") if runner and running else "starting"
-            )
-        to_start = [spec for spec in selected if actions[spec.name] != "running"]
+            if running:
+                actions[spec.name] = "running" if runner.spec == spec else "recreated"  # type: ignore[union-attr]
+            else:  # an on-demand instance waits for its first request, unless named
+                actions[spec.name] = "on demand" if spec.on_demand and not names else "starting"
+        to_start = [spec for spec in selected if actions[spec.name] in ("starting", "recreated")]
         if not force:
             self._check_budget(to_start)  # before anything starts: all or nothing
+        await self._set_gateway(config.gateway)
         for spec in to_start:
             reason = "config changed: recreating" if actions[spec.name] == "recreated" else "up"
             await self._runner(spec).request("start", reason, spec)
+        for spec in selected:
+            self._runner(spec)  # known, so the gateway can start it and `status` shows it
         self._save()
         return {"actions": actions}
+
+    async def _set_gateway(self, spec: GatewaySpec | None) -> None:
+        if self.gateway is not None and self.gateway.spec == spec:
+            return
+        if self.gateway is not None:
+            await self.gateway.stop()
+            self.gateway = None
+        if spec is not None:
+            from .gateway.server import Gateway
+
+            gateway = Gateway(self, spec)
+            await gateway.start()
+            self.gateway = gateway
+
+    async def changed(self, timeout: float) -> None:
+        """Return at the next state change of any instance, or after `timeout`."""
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self._change.wait(), timeout)
 
     async def stop(self, names: list[str], reason: str = "down") -> dict[str, Any]:
         targets = self._select(names)
@@ -218,7 +242,8 @@ class Supervisor:
             "requests": dict(self.requests),
             "warnings": list(self.warnings),
         }
-        return statusdoc.document(supervisor, system_summary(instances, self.memory_budget), instances)
+        gateway = self.gateway.status() if self.gateway is not None else None
+        return statusdoc.document(supervisor, system_summary(instances, self.memory_budget), instances, gateway)
 
     def _select(self, names: list[str]) -> list[Runner]:
         if not names:

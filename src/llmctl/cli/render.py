@@ -114,7 +114,14 @@ def system_line(status: dict[str, Any]) -> str | None:
     ]
     if system.get("gpu_wired_limit_bytes"):
         parts.append(f"GPU wired limit {format_bytes(system['gpu_wired_limit_bytes'])}")
-    return " · ".join(parts)
+    gateway = status.get("gateway")
+    line = " · ".join(parts)
+    if gateway:
+        line += (
+            f"\ngateway: {gateway['url']} · {gateway['requests']} requests · {gateway['in_flight']} in flight"
+            f" · {gateway['queued']} waiting"
+        )
+    return line
 
 
 def write_json(payload: dict[str, Any], out: TextIO = sys.stdout) -> None:

@@ -33,7 +33,20 @@ def report_settled(
     wait: bool,
     timeout: float | None,
 ) -> int:
-    """Wait (or not) for the supervisor to say the instances settled; report; the exit code."""
+    """Wait (or not) for the supervisor to say the instances settled; report; the exit code.
+
+    Instances left to start on demand are not waited for: the gateway starts them."""
+    on_demand = [name for name, action in (actions or {}).items() if action == "on demand"]
+    names = [name for name in names if name not in on_demand]
+    if not json_output:
+        for name in on_demand:
+            print(f"{name}: on demand (the gateway starts it at its first request)", flush=True)
+    if actions is not None and not names:
+        if json_output:
+            render.write_json(
+                statusdoc.with_version({"ok": True, "timed_out": False, "instances": [], "actions": actions})
+            )
+        return 0
     progress = _UpProgress(enabled=wait and not json_output)
     try:
         result = service.wait(paths, names, timeout if wait else 0, progress.update if progress.enabled else None)

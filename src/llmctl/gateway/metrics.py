@@ -1,0 +1,84 @@
+"""The gateway's counters, per instance, as Prometheus text and as a dict for `status --json`."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
+
+
+@dataclass
+class Histogram:
+    counts: list[int] = field(default_factory=lambda: [0] * len(BUCKETS))
+    total: float = 0.0
+    samples: int = 0
+
+    def observe(self, seconds: float) -> None:
+        self.total += seconds
+        self.samples += 1
+        for index, bound in enumerate(BUCKETS):
+            if seconds <= bound:
+                self.counts[index] += 1
+
+
+@dataclass
+class InstanceMetrics:
+    requests: Counter[int] = field(default_factory=Counter)  # by HTTP status (499: the client went away)
+    in_flight: int = 0
+    queued: int = 0
+    starts: int = 0
+    evictions: int = 0
+    load_seconds: float | None = None
+    first_byte: Histogram = field(default_factory=Histogram)
+    duration: Histogram = field(default_factory=Histogram)
+
+    def summary(self) -> dict[str, object]:
+        return {
+            "requests": sum(self.requests.values()),
+            "requests_by_status": {str(status): count for status, count in sorted(self.requests.items())},
+            "in_flight": self.in_flight,
+            "queued": self.queued,
+            "starts": self.starts,
+            "evictions": self.evictions,
+            "load_seconds": self.load_seconds,
+        }
+
+
+def prometheus(metrics: dict[str, InstanceMetrics]) -> str:
+    lines: list[str] = []
+
+    def family(name: str, kind: str, help_text: str) -> None:
+        lines.extend([f"# HELP llmctl_gateway_{name} {help_text}", f"# TYPE llmctl_gateway_{name} {kind}"])
+
+    family("requests_total", "counter", "Requests by instance and HTTP status (499: the client went away).")
+    for name, m in metrics.items():
+        for status, count in sorted(m.requests.items()):
+            lines.append(f'llmctl_gateway_requests_total{{instance="{name}",status="{status}"}} {count}')
+    gauges = (
+        ("in_flight", "gauge", "Requests being served.", lambda m: m.in_flight),
+        ("queued", "gauge", "Requests waiting for their instance to start.", lambda m: m.queued),
+        ("starts_total", "counter", "Starts the gateway asked for.", lambda m: m.starts),
+        ("evictions_total", "counter", "Idle instances stopped to make room.", lambda m: m.evictions),
+    )
+    for metric, kind, help_text, value in gauges:
+        family(metric, kind, help_text)
+        for name, m in metrics.items():
+            lines.append(f'llmctl_gateway_{metric}{{instance="{name}"}} {value(m)}')
+    family("load_seconds", "gauge", "How long the last start took until healthy.")
+    for name, m in metrics.items():
+        if m.load_seconds is not None:
+            lines.append(f'llmctl_gateway_load_seconds{{instance="{name}"}} {m.load_seconds:.3f}')
+    for metric, attribute, help_text in (
+        ("time_to_first_byte_seconds", "first_byte", "From the request to the first byte of the answer."),
+        ("request_duration_seconds", "duration", "From the request to the end of the answer."),
+    ):
+        family(metric, "histogram", help_text)
+        for name, m in metrics.items():
+            histogram: Histogram = getattr(m, attribute)
+            for bound, count in zip(BUCKETS, histogram.counts, strict=True):
+                lines.append(f'llmctl_gateway_{metric}_bucket{{instance="{name}",le="{bound}"}} {count}')
+            lines.append(f'llmctl_gateway_{metric}_bucket{{instance="{name}",le="+Inf"}} {histogram.samples}')
+            lines.append(f'llmctl_gateway_{metric}_sum{{instance="{name}"}} {histogram.total:.6f}')
+            lines.append(f'llmctl_gateway_{metric}_count{{instance="{name}"}} {histogram.samples}')
+    return "\n".join(lines) + "\n"
