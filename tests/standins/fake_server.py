@@ -87,6 +87,40 @@ def main() -> int:
             self.end_headers()
             self.wfile.write(body)
 
+        def do_POST(self) -> None:
+            """An OpenAI-style answer that echoes the `model` it received; with "stream": true, `n_events`
+            server-sent events 0.1 s apart (or `event_interval`), then [DONE]."""
+            import json
+
+            payload = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)) or b"{}")
+            if not payload.get("stream"):
+                body = json.dumps(
+                    {
+                        "object": "chat.completion",
+                        "received_model": payload.get("model", "<none>"),
+                        "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"}}],
+                    }
+                ).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+                return
+            self.send_response(200)
+            self.send_header("Content-Type", "text/event-stream")
+            self.end_headers()
+            try:
+                for number in range(int(payload.get("n_events", 10))):
+                    self.wfile.write(f'data: {{"n": {number}}}\n\n'.encode())
+                    self.wfile.flush()
+                    time.sleep(float(payload.get("event_interval", 0.1)))
+                self.wfile.write(b"data: [DONE]\n\n")
+                self.wfile.flush()
+                print("stream done", flush=True)
+            except (BrokenPipeError, ConnectionResetError):
+                print("stream aborted: the client went away", flush=True)
+
         def log_message(self, *_: object) -> None:
             pass
 
