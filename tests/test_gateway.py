@@ -132,6 +132,15 @@ def test_the_answers_the_gateway_gives_itself(tmp_path, state_dir):
     assert httpx.get(gateway + "/health", trust_env=False).status_code == 200  # no key needed to see it is up
 
 
+def test_without_a_key_only_a_loopback_host_is_served(tmp_path, state_dir):
+    """DNS rebinding: a page on evil.example resolving to 127.0.0.1 sends `Host: evil.example`."""
+    gateway = gateway_config(tmp_path, fake("a", free_port()))
+    assert llmctl("up", cwd=tmp_path).returncode == 0
+    assert post(gateway, {"model": "a"}, headers={"Host": "evil.example:80"}).status_code == 403
+    assert httpx.get(gateway + "/v1/models", headers={"Host": "evil.example"}, trust_env=False).status_code == 403
+    assert post(gateway, {"model": "a"}, headers={"Host": "localhost"}).status_code == 200
+
+
 def test_a_gateway_beyond_loopback_needs_a_key(tmp_path, state_dir):
     write_config(tmp_path, f"gateway: {{host: 0.0.0.0, port: {free_port()}}}\ninstances:" + fake("a", free_port()))
     result = llmctl("up", cwd=tmp_path)

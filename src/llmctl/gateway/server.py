@@ -138,8 +138,13 @@ class Gateway:
     async def _guard(self, request: web.Request, handler: Any) -> web.StreamResponse:
         origin = request.headers.get("Origin")
         allowed = origin if origin and origin in self.spec.cors_origins else None
-        if request.method == "OPTIONS":
-            response: web.StreamResponse = web.Response(status=204 if allowed else 403)
+        if not self.api_key and not self._loopback_host(request):
+            # Without a key only a loopback Host: a web page that rebinds its DNS to 127.0.0.1 gets 403.
+            response: web.StreamResponse = web.json_response(
+                error_body(403, "this gateway answers only to localhost", "forbidden_host"), status=403
+            )
+        elif request.method == "OPTIONS":
+            response = web.Response(status=204 if allowed else 403)
         elif self.api_key and request.path != "/health" and not self._authorized(request):
             response = web.json_response(error_body(401, "a valid API key is required", "invalid_api_key"), status=401)
         else:
@@ -156,6 +161,11 @@ class Gateway:
                 response.headers["Access-Control-Allow-Headers"] = "Authorization, Content-Type, X-Api-Key"
                 response.headers["Access-Control-Allow-Methods"] = "GET, POST"
         return response
+
+    def _loopback_host(self, request: web.Request) -> bool:
+        host = request.headers.get("Host", "")
+        name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
+        return name in ("localhost", "127.0.0.1", "[::1]") or (name.startswith("127.") and name.count(".") == 3)
 
     def _authorized(self, request: web.Request) -> bool:
         given = request.headers.get("X-Api-Key") or request.headers.get("Authorization", "").removeprefix("Bearer ")
