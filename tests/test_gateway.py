@@ -231,3 +231,23 @@ def test_a_client_that_goes_away_cancels_what_it_started(tmp_path, state_dir):
     wait_for(
         lambda: status_json(cwd=tmp_path)["gateway"]["instances"]["sse"]["requests_by_status"].get("499"), timeout=5
     )
+
+
+def test_the_gateway_comes_back_with_a_new_supervisor(tmp_path, state_dir):
+    import os
+    import signal
+
+    import psutil
+
+    from .helpers import supervisor_pid
+
+    gateway = gateway_config(
+        tmp_path, fake("a", free_port()) + fake("lazy", free_port(), extra="    on_demand: true\n")
+    )
+    assert llmctl("up", cwd=tmp_path).returncode == 0
+    old = supervisor_pid(state_dir)
+    os.kill(old, signal.SIGKILL)
+    wait_for(lambda: not psutil.pid_exists(old) or psutil.Process(old).status() == psutil.STATUS_ZOMBIE)
+    assert status_json(cwd=tmp_path)["gateway"]["url"] == gateway  # the next command's supervisor serves it
+    assert post(gateway, {"model": "a"}).status_code == 200
+    assert post(gateway, {"model": "lazy"}).status_code == 200  # an on-demand one, never started before

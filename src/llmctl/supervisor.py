@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from . import state, statusdoc
 from .backends import safe_estimate
 from .budget import Candidate, check_budget
-from .errors import ConfigError
+from .errors import ConfigError, LlmctlError
 from .httpclient import HttpClient
 from .loghub import LogHub
 from .memory import own_rss, system_summary
@@ -97,8 +97,27 @@ class Supervisor:
         self._save()
         for runner in resume:
             await runner.request("start", "resuming: the previous supervisor meant it to run")
+        await self._resume_gateway(saved.config)
         # So the first `status` already shows adopted servers healthy.
         await self.wait([runner.name for runner in self.runners.values()], timeout=2.0)
+
+    async def _resume_gateway(self, saved: dict[str, Any] | None) -> None:
+        """The gateway lives with supervision: a new supervisor serves it again, with every instance of
+        the config known (an on-demand one has no record until it runs)."""
+        try:
+            config = Config.from_dict(saved) if saved and saved.get("instances") is not None else None
+        except (KeyError, TypeError, ValueError):
+            config = None
+        if config is None or config.gateway is None:
+            return
+        self.config = config
+        for spec in config.instances:
+            self._runner(spec)
+        try:
+            await self._set_gateway(config.gateway)
+        except LlmctlError as exc:
+            log.error("cannot serve the gateway again: %s", exc)
+            self.warnings.append(f"the gateway is not running: {exc}")
 
     def _runner_from(self, record: state.InstanceRecord) -> Runner | None:
         try:
