@@ -377,3 +377,29 @@ def test_one_endless_line_costs_the_log_hub_no_memory(tmp_path):
     finally:
         hub.terminate()
         hub.wait(timeout=10)
+
+
+@pytest.mark.parametrize(
+    ("name", "secret"),
+    [
+        ("HF_TOKEN", True),
+        ("api_key", True),
+        ("--apiKey", True),
+        ("X-Auth", True),
+        ("Authorization", True),
+        ("db-password", True),
+        ("MY_SECRET", True),
+        ("credentials", True),
+        ("--api_key", True),
+        ("--max-tokens", False),
+        ("--tokenizer", False),
+        ("OLLAMA_KEEP_ALIVE", False),
+        ("AUTHOR", False),
+        ("--api-key-file", False),
+        ("PATH", False),
+    ],
+)
+def test_what_counts_as_a_secret_name(name, secret):
+    from llmctl.redact import is_secret_name
+
+    assert is_secret_name(name) is secret

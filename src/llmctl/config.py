@@ -21,6 +21,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from .configerrors import describe, first_validation_error, located
 from .configprep import FieldProblem, apply_defaults, expand_variables
 from .errors import ConfigError
 from .paths import CONFIG_ENV, DEFAULT_CONFIG_NAME
@@ -320,26 +321,26 @@ def parse_config(text: str, path: Path) -> Config:
     try:
         document = load_yaml(text)
     except YamlSyntaxError as exc:
-        raise ConfigError(_located(path, exc.line, str(exc))) from None
+        raise ConfigError(located(path, exc.line, str(exc))) from None
     if document is None:
         raise ConfigError(f"{path}: the file is empty; it needs an `instances:` list")
     if not isinstance(document, LineDict):
-        raise ConfigError(_located(path, 1, "the top level must be a mapping with an `instances:` list"))
+        raise ConfigError(located(path, 1, "the top level must be a mapping with an `instances:` list"))
     try:
         expanded = expand_variables(document, ())
         prepared = apply_defaults(expanded, path.parent, DefaultsModel.model_fields)
         config = ConfigModel.model_validate({**prepared, "path": str(path)}).to_spec()
     except FieldProblem as exc:
-        message = _describe(document, exc.location, str(exc))
-        raise ConfigError(_located(path, line_of(document, exc.location), message)) from None
+        message = describe(document, exc.location, str(exc))
+        raise ConfigError(located(path, line_of(document, exc.location), message)) from None
     except ValidationError as exc:
-        raise ConfigError(_first_validation_error(path, document, exc)) from None
+        raise ConfigError(first_validation_error(path, document, exc, ConfigModel, _SECTION_MODELS)) from None
     for index, instance in enumerate(config.instances):
         problem = _backend_problem(instance)
         if problem:
             field, message = problem
             location = ("instances", index, field)
-            raise ConfigError(_located(path, line_of(document, location), _describe(document, location, message)))
+            raise ConfigError(located(path, line_of(document, location), describe(document, location, message)))
     return config
 
 
@@ -349,83 +350,11 @@ def _backend_problem(instance: InstanceSpec) -> tuple[str, str] | None:
     return backend_for(instance.backend).check_spec(instance)
 
 
-def _first_validation_error(path: Path, document: Any, error: ValidationError) -> str:
-    # An unknown key is usually a misspelt one, which also explains a "missing" error: report it first.
-    problems = sorted(error.errors(include_url=False), key=lambda problem: problem["type"] != "extra_forbidden")
-    first = problems[0]
-    location = _schema_location(first["loc"])
-    message = _friendly(first, document, location)
-    if first["type"] == "missing":
-        location = location[:-1]
-    extra = f" (and {len(problems) - 1} more problem{'s' if len(problems) > 2 else ''})" if len(problems) > 1 else ""
-    return _located(path, line_of(document, location), _describe(document, location, message)) + extra
-
-
-def _schema_location(location: tuple[Any, ...]) -> tuple[Any, ...]:
-    # pydantic adds the model or union member name to some locations; keep only the real path.
-    return tuple(
-        step for step in location if not (isinstance(step, str) and ("[" in step or step in ("str", "list[str]")))
-    )
-
-
-def _friendly(problem: Mapping[str, Any], document: Any, location: tuple[Any, ...]) -> str:
-    kind = problem["type"]
-    if kind == "extra_forbidden":
-        parent = _model_for(location[:-1])
-        valid = ", ".join(name for name in parent.model_fields if name not in ("workdir", "path")) if parent else ""
-        return f"unknown key {location[-1]!r}" + (f" (valid keys: {valid})" if valid else "")
-    if kind == "missing":
-        return f"missing required key {location[-1]!r}"
-    message = str(problem["msg"]).removeprefix("Value error, ")
-    if kind in ("greater_than_equal", "less_than_equal") and location and location[-1] == "port":
-        return f"must be between 1024 and 65535 (got {problem.get('input')!r})"
-    if (
-        "input" in problem
-        and kind not in ("value_error", "assertion_error")
-        and not isinstance(problem["input"], (dict, list))
-    ):
-        message += f" (got {problem['input']!r})"
-    return message
-
-
-def _model_for(location: tuple[Any, ...]) -> type[BaseModel] | None:
-    model: type[BaseModel] | None = ConfigModel
-    for step in location:
-        if model is None:
-            return None
-        if isinstance(step, int):
-            continue
-        field = model.model_fields.get(step)
-        if field is None:
-            return None
-        model = _SECTION_MODELS.get(step)
-    return model
-
-
 _SECTION_MODELS: dict[str, type[BaseModel]] = {
     "instances": InstanceModel,
     "defaults": DefaultsModel,
     "health": HealthModel,
     "restart": RestartModel,
     "logs": LogsModel,
+    "gateway": GatewayModel,
 }
-
-
-def _describe(document: Any, location: tuple[Any, ...], message: str) -> str:
-    """Prefix a message with the instance and field it concerns."""
-    if len(location) >= 2 and location[0] == "instances" and isinstance(location[1], int):
-        instances = document.get("instances") if isinstance(document, dict) else None
-        name = None
-        if isinstance(instances, list) and location[1] < len(instances) and isinstance(instances[location[1]], dict):
-            name = instances[location[1]].get("name")
-        who = f"instance {name!r}" if isinstance(name, str) else f"instance #{location[1] + 1}"
-        field = ".".join(str(step) for step in location[2:])
-        return f"{who}, {field}: {message}" if field else f"{who}: {message}"
-    field = ".".join(str(step) for step in location)
-    return f"{field}: {message}" if field else message
-
-
-def _located(path: Path, line: int | None, message: str) -> str:
-    # One line, whatever the file holds: a key or value with a newline or control character is escaped.
-    message = "".join(char if char.isprintable() else repr(char)[1:-1] for char in message)
-    return f"{path}:{line}: {message}" if line else f"{path}: {message}"

@@ -10,7 +10,11 @@ from __future__ import annotations
 
 import re
 
-_SECRET_WORD = re.compile(r"AUTH|TOKEN|KEY|SECRET|PASS|CREDENTIAL", re.IGNORECASE)
+# A word counts where it ends a word: HF_TOKEN, apiKey and X-Auth are secrets; --max-tokens,
+# --tokenizer, --keep and author are not.
+_SECRET_WORD = re.compile(
+    r"(AUTH(ORI[SZ]ATION)?|TOKEN|KEY|SECRET|PASS(WORD|WD|PHRASE)?|CREDENTIALS?)(?![a-z])", re.IGNORECASE
+)
 _NOT_SECRET = re.compile(r"(KEY|TOKEN|PASS)[-_]?FILE", re.IGNORECASE)  # a path to a secret is not one
 _SECRET_SHORT_FLAGS = ("-hft",)
 MASK = "***"
