@@ -14,22 +14,24 @@ _llmctl() {
     prev=${COMP_WORDS[COMP_CWORD-1]}
     for ((i = 1; i < COMP_CWORD; i++)); do
         case ${COMP_WORDS[i]} in
-            up|status|logs|down|restart|check) command=${COMP_WORDS[i]}; break ;;
+            up|status|logs|down|restart|wait|check) command=${COMP_WORDS[i]}; break ;;
         esac
     done
     if [[ $prev == --file || ($prev == -f && $command != logs) ]]; then
         COMPREPLY=($(compgen -f -- "$cur")); return
     fi
     if [[ -z $command ]]; then
-        COMPREPLY=($(compgen -W "up status logs down restart check -f --file -h --help" -- "$cur")); return
+        COMPREPLY=($(compgen -W "up status logs down restart wait check -f --file -h --help --version" -- "$cur")); return
     fi
     local options
     case $command in
-        up) options="--no-wait --timeout --foreground --json -f --file" ;;
+        up) options="--no-wait --timeout --foreground --force --json -f --file" ;;
+        wait) options="--timeout --json" ;;
         status) options="--json --watch -w --interval -f --file" ;;
-        logs) options="-f --follow -n --lines --file" ;;
+        logs) options="-f --follow -n --lines --raw --file" ;;
         down) options="--json -f --file" ;;
-        restart|check) options="-f --file" ;;
+        restart) options="--json -f --file" ;;
+        check) options="-f --file" ;;
     esac
     if [[ $cur == -* ]]; then
         COMPREPLY=($(compgen -W "$options" -- "$cur"))
