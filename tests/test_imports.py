@@ -63,3 +63,9 @@ print(config.names, "pydantic" in sys.modules)
     assert run()[0] == "9002"
     monkeypatch.setenv("PORT_FROM_ENV", "9003")
     assert run()[0] == "9003"  # a referenced variable changed: not the cached config
+
+
+def test_the_supervisor_imports_aiohttp_only_for_a_gateway():
+    code = "import sys, llmctl.daemon, llmctl.supervisor; print('aiohttp' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "False"
