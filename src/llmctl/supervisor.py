@@ -15,13 +15,14 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from . import state, statusdoc
+from .adoption import adopt_recorded
 from .backends import safe_estimate
 from .budget import Candidate, check_budget
-from .errors import ConfigError, LlmctlError
+from .errors import ConfigError
 from .httpclient import HttpClient
 from .loghub import LogHub
 from .memory import own_rss, system_summary
-from .runner import Adoption, Runner, Services
+from .runner import Runner, Services
 from .sampler import Sampler
 from .spec import Config, GatewaySpec, InstanceSpec
 from .states import PENDING, RUNNING, WANTED_RUNNING, State
@@ -50,11 +51,11 @@ class Supervisor:
         self._change = asyncio.Event()
         self.gateway: Any = None  # llmctl.gateway.server.Gateway, imported only when configured
         self.sampler = Sampler(lambda: self.runners.values())
-        self._adopting = False
+        self.adopting = False  # while true, runners' changes are not persisted one by one
 
     async def __aenter__(self) -> Supervisor:
         self.services.hub.start()
-        await self._adopt_recorded()
+        await adopt_recorded(self)
         self._sampler_task = asyncio.ensure_future(self.sampler.run_forever())
         return self
 
@@ -63,81 +64,16 @@ class Supervisor:
         await self.close()
 
     async def close(self) -> None:
-        await self._set_gateway(None)  # first: no request may start an instance while they stop
+        await self.set_gateway(None)  # first: no request may start an instance while they stop
         await asyncio.gather(*(runner.close() for runner in self.runners.values()))
-        self._save()
+        self.save()
         await self.services.hub.stop()
 
     async def shutdown(self) -> None:
         await self.stop([])
         self.shutdown_requested.set()
 
-    # -- adoption --------------------------------------------------------------------------
-
-    async def _adopt_recorded(self) -> None:
-        """Take over servers a previous supervisor started (PID and create time), and resume those it
-        meant to run that have no process (waiting in backoff when it died)."""
-        state.remove_stale_temps(self.paths.state_file)
-        saved, warning = state.load(self.paths.state_file)
-        if warning:
-            log.warning(warning)
-            self.warnings.append(warning)
-        self._learn_settings(saved.config or {})
-        self._adopting = True
-        resume: list[Runner] = []
-        try:
-            for record in saved.records:
-                runner = self._runner_from(record)
-                if runner is not None:
-                    self.runners[runner.name] = runner
-                    if runner.state is State.STOPPED:
-                        resume.append(runner)
-        finally:
-            self._adopting = False
-        self._save()
-        for runner in resume:
-            await runner.request("start", "resuming: the previous supervisor meant it to run")
-        await self._resume_gateway(saved.config)
-        # So the first `status` already shows adopted servers healthy.
-        await self.wait([runner.name for runner in self.runners.values()], timeout=2.0)
-
-    async def _resume_gateway(self, saved: dict[str, Any] | None) -> None:
-        """The gateway lives with supervision: a new supervisor serves it again, with every instance of
-        the config known (an on-demand one has no record until it runs)."""
-        try:
-            config = Config.from_dict(saved) if saved and saved.get("instances") is not None else None
-        except (KeyError, TypeError, ValueError):
-            config = None
-        if config is None or config.gateway is None:
-            return
-        self.config = config
-        for spec in config.instances:
-            self._runner(spec)
-        try:
-            await self._set_gateway(config.gateway)
-        except LlmctlError as exc:
-            log.error("cannot serve the gateway again: %s", exc)
-            self.warnings.append(f"the gateway is not running: {exc}")
-
-    def _runner_from(self, record: state.InstanceRecord) -> Runner | None:
-        try:
-            spec = InstanceSpec.from_dict(record.spec)
-        except (KeyError, TypeError, ValueError) as exc:
-            log.warning("state for %s is unreadable (%s); not adopting pid %s", record.name, exc, record.pid)
-            return None
-        from .process import ProcessHandle
-
-        if not record.pid:  # it was waiting to start again (backoff) when the supervisor died
-            return Runner(spec, self.services) if record.wanted else None
-        handle = ProcessHandle(record.pid, record.create_time)
-        if not handle.is_alive():
-            log.info("%s: recorded pid %s is gone; not adopting", record.name, record.pid)
-            return None
-        return Runner(
-            spec, self.services, Adoption(handle, record.pgid or record.pid, record.started_at, record.restarts)
-        )
-
-    def _learn_settings(self, config: dict[str, Any]) -> None:
+    def learn_settings(self, config: dict[str, Any]) -> None:
         self.config_path = config.get("path") if isinstance(config.get("path"), str) else self.config_path
         binaries = config.get("binaries")
         self.services.binaries = dict(binaries) if isinstance(binaries, dict) else {}
@@ -157,12 +93,12 @@ class Supervisor:
                 "run `llmctl down` first, or use another $LLMCTL_STATE_DIR for a second config"
             )
         self.config = config
-        self._learn_settings(config.to_dict())
+        self.learn_settings(config.to_dict())
         for name in [name for name, runner in self.runners.items() if name not in config.names]:
             if self.runners[name].state not in WANTED_RUNNING:  # gone from the config and not running: forget it
                 self.runners.pop(name).forget()
 
-    def _runner(self, spec: InstanceSpec) -> Runner:
+    def runner_for(self, spec: InstanceSpec) -> Runner:
         if spec.name not in self.runners:
             self.runners[spec.name] = Runner(spec, self.services)
         return self.runners[spec.name]
@@ -181,16 +117,16 @@ class Supervisor:
         to_start = [spec for spec in selected if actions[spec.name] in ("starting", "recreated")]
         if not force:
             self._check_budget(to_start)  # before anything starts: all or nothing
-        await self._set_gateway(config.gateway)
+        await self.set_gateway(config.gateway)
         for spec in to_start:
             reason = "config changed: recreating" if actions[spec.name] == "recreated" else "up"
-            await self._runner(spec).request("start", reason, spec)
+            await self.runner_for(spec).request("start", reason, spec)
         for spec in selected:
-            self._runner(spec)  # known, so the gateway can start it and `status` shows it
-        self._save()
+            self.runner_for(spec)  # known, so the gateway can start it and `status` shows it
+        self.save()
         return {"actions": actions}
 
-    async def _set_gateway(self, spec: GatewaySpec | None) -> None:
+    async def set_gateway(self, spec: GatewaySpec | None) -> None:
         if self.gateway is not None and self.gateway.spec == spec:
             return
         if self.gateway is not None:
@@ -219,7 +155,7 @@ class Supervisor:
         if config is not None:
             self._load(config)
             for name in names or config.names:
-                self._runner(config.instance(name))
+                self.runner_for(config.instance(name))
         targets = self._select(names)
         specs = {
             runner.name: config.instance(runner.name) if config and runner.name in config.names else None
@@ -273,7 +209,7 @@ class Supervisor:
             raise ConfigError(f"unknown instance {unknown[0]!r} (known: {', '.join(sorted(known)) or 'none'})")
         for name in names:
             if name not in self.runners and self.config is not None:
-                self._runner(self.config.instance(name))
+                self.runner_for(self.config.instance(name))
         return [self.runners[name] for name in dict.fromkeys(names)]
 
     def _check_budget(self, specs: list[InstanceSpec]) -> None:
@@ -289,13 +225,13 @@ class Supervisor:
     # -- bookkeeping ---------------------------------------------------------------------
 
     def _changed(self, runner: Runner) -> None:
-        if self._adopting:
+        if self.adopting:
             return
-        self._save()
+        self.save()
         self._change.set()
         self._change = asyncio.Event()
 
-    def _save(self) -> None:
+    def save(self) -> None:
         records = [runner.record() for runner in self.runners.values() if runner.record() is not None]
         settings = (
             self.config.to_dict() if self.config else {"path": self.config_path, "binaries": self.services.binaries}
