@@ -21,6 +21,7 @@ from pathlib import Path
 
 import httpx
 from common import BIN, free_port, tiny_llama
+from lifecycle import direct_ready
 
 ASK = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 1}
 LITELLM = Path(os.environ.get("LITELLM", "/tmp/litellm-venv")) / "bin" / "litellm"
@@ -176,27 +177,6 @@ def main() -> None:
         f"cold on-demand instance: first token {ms(cold_first)} (request {ms(cold_total)}); its own ready time {ms(own_ready)} "
         f"+ one request direct {ms(p(ttft['direct'], 0.5))}"
     )
-
-
-def direct_ready(binary: str, model: Path) -> float:
-    port = free_port()
-    started = time.perf_counter()
-    server = subprocess.Popen(
-        [binary, "-m", str(model), "--port", str(port), "-c", "256"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        while True:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/health", trust_env=False, timeout=1).status_code == 200:
-                    return time.perf_counter() - started
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.005)
-    finally:
-        server.terminate()
-        server.wait()
 
 
 if __name__ == "__main__":
