@@ -14,14 +14,14 @@ _llmctl() {
     prev=${COMP_WORDS[COMP_CWORD-1]}
     for ((i = 1; i < COMP_CWORD; i++)); do
         case ${COMP_WORDS[i]} in
-            up|status|logs|down|restart|wait|check) command=${COMP_WORDS[i]}; break ;;
+            up|status|logs|down|restart|wait|url|env|check) command=${COMP_WORDS[i]}; break ;;
         esac
     done
     if [[ $prev == --file || ($prev == -f && $command != logs) ]]; then
         COMPREPLY=($(compgen -f -- "$cur")); return
     fi
     if [[ -z $command ]]; then
-        COMPREPLY=($(compgen -W "up status logs down restart wait check -f --file -h --help --version" -- "$cur")); return
+        COMPREPLY=($(compgen -W "up status logs down restart wait url env check -f --file -h --help --version" -- "$cur")); return
     fi
     local options
     case $command in
@@ -31,11 +31,11 @@ _llmctl() {
         logs) options="-f --follow -n --lines --raw --file" ;;
         down) options="--json -f --file" ;;
         restart) options="--json -f --file" ;;
-        check) options="-f --file" ;;
+        check|env|url) options="-f --file" ;;
     esac
     if [[ $cur == -* ]]; then
         COMPREPLY=($(compgen -W "$options" -- "$cur"))
-    elif [[ $command != check ]]; then
+    elif [[ $command != check && $command != env ]]; then
         COMPREPLY=($(compgen -W "$(_llmctl_instances)" -- "$cur"))
     fi
 }

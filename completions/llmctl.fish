@@ -5,7 +5,7 @@ function __llmctl_instances
     test -r $file; and sed -n 's/^[[:space:]]*-[[:space:]]*name:[[:space:]]*\([A-Za-z0-9_-]*\).*/\1/p' $file
 end
 
-set -l commands up status logs down restart wait check
+set -l commands up status logs down restart wait url env check
 complete -c llmctl -f
 complete -c llmctl -n "not __fish_seen_subcommand_from $commands" -a up -d 'Start instances and wait until healthy'
 complete -c llmctl -n "not __fish_seen_subcommand_from $commands" -a status -d 'Show instances'
@@ -15,7 +15,9 @@ complete -c llmctl -n "not __fish_seen_subcommand_from $commands" -a restart -d 
 complete -c llmctl -n "not __fish_seen_subcommand_from $commands" -a wait -d 'Wait until instances are healthy'
 complete -c llmctl -n "not __fish_seen_subcommand_from $commands" -a check -d 'Validate the config'
 complete -c llmctl -l file -r -F -d 'Config file'
-complete -c llmctl -n "__fish_seen_subcommand_from up status logs down restart wait" -a '(__llmctl_instances)'
+complete -c llmctl -n "not __fish_seen_subcommand_from $commands" -a url -d 'Print an instance URL'
+complete -c llmctl -n "not __fish_seen_subcommand_from $commands" -a env -d 'Print URL variables for eval'
+complete -c llmctl -n "__fish_seen_subcommand_from up status logs down restart wait url" -a '(__llmctl_instances)'
 complete -c llmctl -n "__fish_seen_subcommand_from up" -l no-wait -d 'Do not wait for health'
 complete -c llmctl -n "__fish_seen_subcommand_from up" -l timeout -r -d 'Seconds to wait'
 complete -c llmctl -n "__fish_seen_subcommand_from up" -l foreground -d 'Supervise in this terminal'

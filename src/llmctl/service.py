@@ -193,3 +193,23 @@ def restart(paths: StatePaths, config_path: Path, names: list[str]) -> dict[str,
     client.ensure_supervisor(paths)
     request = {"op": "restart", "names": names, "config": config.to_dict()}
     return client.request(paths, request, timeout=None)["actions"]
+
+
+def env_name(instance: str) -> str:
+    """`LLMCTL_<NAME>_URL`: the name upper-cased, every character a shell variable cannot hold as `_`."""
+    return "LLMCTL_" + "".join(char if char.isalnum() and char.isascii() else "_" for char in instance.upper()) + "_URL"
+
+
+def urls(config: Config) -> dict[str, str]:
+    """Each instance's base URL by its variable name (and the gateway's as LLMCTL_GATEWAY_URL), from the
+    config alone: no supervisor needed. Two names that map to one variable are a config error."""
+    found: dict[str, str] = {}
+    owners: dict[str, str] = {}
+    for spec in config.instances:
+        variable = env_name(spec.name)
+        if variable in owners:
+            raise ConfigError(f"instances {owners[variable]!r} and {spec.name!r} would both export ${variable}")
+        owners[variable], found[variable] = spec.name, spec.url
+    if config.gateway is not None:
+        found["LLMCTL_GATEWAY_URL"] = config.gateway.url
+    return found

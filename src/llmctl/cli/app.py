@@ -281,6 +281,28 @@ def restart(
 
 
 @app.command()
+def url(
+    name: Annotated[str, typer.Argument(help="Instance name, or `gateway`.", show_default=False)],
+    file: FileOption = None,
+) -> None:
+    """Print an instance's base URL (from the config: no supervisor needed)."""
+    config = _config(file)
+    if name == "gateway" and config.gateway is not None and "gateway" not in config.names:
+        print(config.gateway.url)
+        return
+    print(config.instance(name).url)
+
+
+@app.command()
+def env(file: FileOption = None) -> None:
+    """Print `export LLMCTL_<NAME>_URL=...` for every instance (and LLMCTL_GATEWAY_URL): `eval "$(llmctl env)"`."""
+    import shlex
+
+    for variable, value in service.urls(_config(file)).items():
+        print(f"export {variable}={shlex.quote(value)}")
+
+
+@app.command()
 def check(file: FileOption = None) -> None:
     """Validate the config file without starting anything."""
     config = _config(file)

@@ -7,6 +7,7 @@ Rich is imported only when a terminal will see it, so scripts do not pay for it.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -185,10 +186,10 @@ def write_status(status: dict[str, Any], *, as_json: bool, out: TextIO = sys.std
         sys.stderr.write(f"llmctl: warning: {warning}\n")
     if as_json:
         write_json(status, out)
-    elif out.isatty():
-        from rich.console import Console
+    elif out.isatty() or os.environ.get("FORCE_COLOR"):
+        from rich.console import Console  # Rich itself honours NO_COLOR
 
-        Console(file=out).print(rich_table(status))
+        Console(file=out, force_terminal=True if os.environ.get("FORCE_COLOR") else None).print(rich_table(status))
     else:
         write_plain_table(status.get("instances", []), out, footer=system_line(status))
 

@@ -1,0 +1,31 @@
+"""What dev scripts reach for: `llmctl url NAME` and `eval "$(llmctl env)"`, from the config alone."""
+
+from __future__ import annotations
+
+import subprocess
+
+from .helpers import LLMCTL, command_instance, free_port, llmctl, write_config
+
+
+def test_url_and_env_need_no_supervisor(tmp_path, state_dir):
+    ports = [free_port() for _ in range(3)]
+    write_config(
+        tmp_path,
+        f"gateway: {{port: {ports[2]}}}\ninstances:"
+        + command_instance("chat", ports[0])
+        + command_instance("code-7b_x", ports[1]),
+    )
+    assert llmctl("url", "chat", cwd=tmp_path).stdout == f"http://127.0.0.1:{ports[0]}\n"
+    assert llmctl("url", "gateway", cwd=tmp_path).stdout == f"http://127.0.0.1:{ports[2]}\n"
+    missing = llmctl("url", "nope", cwd=tmp_path)
+    assert missing.returncode == 2 and "nope" in missing.stderr
+    script = f'eval "$({LLMCTL} env)" && echo "$LLMCTL_CHAT_URL $LLMCTL_CODE_7B_X_URL $LLMCTL_GATEWAY_URL"'
+    shown = subprocess.run(["bash", "-c", script], cwd=tmp_path, capture_output=True, text=True, check=True).stdout
+    assert shown.split() == [f"http://127.0.0.1:{port}" for port in ports]
+    assert not state_dir.exists() or not (state_dir / "supervisor.sock").exists()  # nothing was started
+
+
+def test_two_names_that_would_share_a_variable_are_refused(tmp_path):
+    write_config(tmp_path, "instances:" + command_instance("a-b", free_port()) + command_instance("a_b", free_port()))
+    result = llmctl("env", cwd=tmp_path)
+    assert result.returncode == 2 and "LLMCTL_A_B_URL" in result.stderr
