@@ -29,3 +29,12 @@ def test_two_names_that_would_share_a_variable_are_refused(tmp_path):
     write_config(tmp_path, "instances:" + command_instance("a-b", free_port()) + command_instance("a_b", free_port()))
     result = llmctl("env", cwd=tmp_path)
     assert result.returncode == 2 and "LLMCTL_A_B_URL" in result.stderr
+
+
+def test_logs_without_names_shows_every_instance_and_check_counts_in_words(tmp_path, state_dir):
+    write_config(tmp_path, "instances:" + command_instance("one", free_port()) + command_instance("two", free_port()))
+    assert llmctl("up", cwd=tmp_path).returncode == 0
+    shown = llmctl("logs", cwd=tmp_path).stdout
+    assert "one | " in shown and "two | " in shown
+    write_config(tmp_path, "instances:" + command_instance("solo", free_port()))
+    assert "(1 instance: solo)" in llmctl("check", cwd=tmp_path).stdout

@@ -106,7 +106,7 @@ def describe_exit(returncode: int | None) -> str:
             name = signal.Signals(-returncode).name
         except ValueError:
             name = f"signal {-returncode}"
-        return f"killed by {name} (signal {-returncode})"
+        return f"was killed by {name} (signal {-returncode})"
     return f"exited with code {returncode}"
 
 

@@ -212,7 +212,9 @@ def status(
 
 @app.command()
 def logs(
-    names: Annotated[list[str], typer.Argument(help="Instance names.", show_default=False)],
+    names: Annotated[
+        Optional[list[str]], typer.Argument(help="Instance names (default: all).", show_default=False)
+    ] = None,
     follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing new lines.")] = False,
     lines: Annotated[int, typer.Option("--lines", "-n", help="How many of the last lines to show.", min=0)] = 50,
     file: LongFileOption = None,
@@ -228,8 +230,10 @@ def logs(
 
     paths = StatePaths.default()
     config = _config(file)
-    specs = config.select(names)
+    specs = config.select(list(names or []))  # no names: every instance, as `docker compose logs`
     files = {spec.name: paths.log_file(spec.name) for spec in specs}
+    if not files:
+        return
     prefix = len(files) > 1
     width = max(len(name) for name in files)
 
@@ -306,7 +310,8 @@ def env(file: FileOption = None) -> None:
 def check(file: FileOption = None) -> None:
     """Validate the config file without starting anything."""
     config = _config(file)
-    print(f"{config.path}: ok ({len(config.instances)} instances: {', '.join(config.names)})")
+    count = len(config.instances)
+    print(f"{config.path}: ok ({count} instance{'' if count == 1 else 's'}: {', '.join(config.names)})")
 
 
 def run() -> None:

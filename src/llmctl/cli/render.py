@@ -76,7 +76,7 @@ def row(instance: dict[str, Any]) -> list[str]:
     if instance.get("state") in ("failed", "backoff") and instance.get("last_error"):
         health = instance["last_error"]
     elif instance.get("restarts") and instance.get("last_exit"):
-        health += f" (last exit: {instance['last_exit'].removeprefix('the server ')})"
+        health += f" (last exit: {instance['last_exit'].removeprefix('the server ').removeprefix('was ')})"
     return [
         instance["name"],
         instance["backend"],
