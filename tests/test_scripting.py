@@ -38,3 +38,13 @@ def test_logs_without_names_shows_every_instance_and_check_counts_in_words(tmp_p
     assert "one | " in shown and "two | " in shown
     write_config(tmp_path, "instances:" + command_instance("solo", free_port()))
     assert "(1 instance: solo)" in llmctl("check", cwd=tmp_path).stdout
+
+
+def test_check_warns_about_a_program_that_is_not_installed(tmp_path):
+    port = free_port()
+    write_config(
+        tmp_path,
+        f"instances:\n  - name: ghost\n    backend: command\n    command: [no-such-server-xyz]\n    port: {port}\n",
+    )
+    result = llmctl("check", cwd=tmp_path)
+    assert result.returncode == 0 and "ghost: command: program 'no-such-server-xyz' not found" in result.stderr

@@ -213,3 +213,18 @@ def urls(config: Config) -> dict[str, str]:
     if config.gateway is not None:
         found["LLMCTL_GATEWAY_URL"] = config.gateway.url
     return found
+
+
+def start_warnings(config: Config) -> list[str]:
+    """What would stop an instance from starting that no config error covers: a program that is not
+    installed (yet). Warnings, since it may be installed before `up`."""
+    from .backends import command_line
+    from .errors import StartError
+
+    found = []
+    for spec in config.instances:
+        try:
+            command_line(spec, config.binaries)
+        except StartError as exc:
+            found.append(f"{spec.name}: {exc}")
+    return found + exposure_warnings(list(config.instances))

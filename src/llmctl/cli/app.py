@@ -310,6 +310,8 @@ def env(file: FileOption = None) -> None:
 def check(file: FileOption = None) -> None:
     """Validate the config file without starting anything."""
     config = _config(file)
+    for warning in service.start_warnings(config):
+        _stderr(f"llmctl: warning: {warning}")
     count = len(config.instances)
     print(f"{config.path}: ok ({count} instance{'' if count == 1 else 's'}: {', '.join(config.names)})")
 
