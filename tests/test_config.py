@@ -157,7 +157,7 @@ def test_config_found_by_flag_before_or_after_command_then_env(tmp_path, gguf, m
     other.write_text(f"instances:\n  - name: z\n    backend: llama.cpp\n    model: {gguf}\n    port: 8089\n")
     for args in (["-f", str(other), "check"], ["check", "-f", str(other)], ["--file", str(other), "check"]):
         result = llmctl(*args, cwd=tmp_path)
-        assert result.returncode == 0 and "1 instances: z" in result.stdout, result.stderr
+        assert result.returncode == 0 and "1 instance: z" in result.stdout, result.stderr
     result = llmctl("check", cwd=tmp_path, env={"LLMCTL_CONFIG": str(other)})
     assert result.returncode == 0 and "z" in result.stdout
 
