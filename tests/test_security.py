@@ -26,7 +26,17 @@ from llmctl.errors import SupervisorError
 from llmctl.httpclient import HttpError, request
 from llmctl.paths import StatePaths
 
-from .helpers import LLMCTL, by_name, command_instance, free_port, llmctl, status_json, wait_for, write_config
+from .helpers import (
+    LLMCTL,
+    by_name,
+    command_instance,
+    free_port,
+    llmctl,
+    processes_mentioning,
+    status_json,
+    wait_for,
+    write_config,
+)
 
 INTRUDER = "llmctl-intruder"
 
@@ -403,3 +413,19 @@ def test_what_counts_as_a_secret_name(name, secret):
     from llmctl.redact import is_secret_name
 
     assert is_secret_name(name) is secret
+
+
+def test_a_deleted_state_folder_is_made_again_and_never_fought_over(tmp_path, state_dir):
+    port = free_port()
+    write_config(tmp_path, "instances:" + command_instance("fake", port))
+    assert llmctl("up", cwd=tmp_path).returncode == 0
+    holder = int((state_dir / "supervisor.lock").read_text())
+    shutil.rmtree(state_dir)
+    wait_for(lambda: StatePaths(state_dir).socket.exists(), timeout=5)
+    time.sleep(0.5)
+    status = status_json(cwd=tmp_path)
+    assert status["supervisor"]["pid"] == holder  # the same supervisor: no second one was started
+    assert by_name(status)["fake"]["state"] == "healthy"
+    assert int((state_dir / "supervisor.lock").read_text()) == holder
+    assert llmctl("down", cwd=tmp_path).returncode == 0
+    wait_for(lambda: not processes_mentioning(str(port)), timeout=10)

@@ -45,6 +45,10 @@ async def serve(supervisor: Supervisor) -> None:
     path = supervisor.paths.socket
     identity = None
     while not supervisor.shutdown_requested.is_set():
+        if identity is not None and not _still_owner(supervisor):
+            log.error("another supervisor took over %s; not making the socket again", supervisor.paths.root)
+            await supervisor.shutdown_requested.wait()  # the servers stay supervised, only not reachable
+            break
         try:
             server, identity = await _listen(supervisor, path)
         except (OSError, LlmctlError) as exc:  # e.g. a folder someone replaced: the servers run on regardless
@@ -62,6 +66,24 @@ async def serve(supervisor: Supervisor) -> None:
             log.warning("the control socket %s was removed or replaced; making it again", path)
     if identity is not None and _identity(path) == identity:
         path.unlink()
+
+
+def _still_owner(supervisor: Supervisor) -> bool:
+    """Is this state folder still ours? If its lock file went with the socket (the folder was deleted),
+    take a new one; if another supervisor holds it now, the folder is no longer ours: never fight it."""
+    from .client import lock_holder
+    from .daemon import acquire_supervisor_lock
+
+    holder = lock_holder(supervisor.paths)
+    if holder == os.getpid():
+        return True
+    if holder is not None:
+        return False
+    try:
+        supervisor.extra_locks.append(acquire_supervisor_lock(supervisor.paths))
+    except LlmctlError:
+        return False
+    return True
 
 
 def _identity(path: Path) -> tuple[int, int] | None:

@@ -46,6 +46,7 @@ class Supervisor:
         self.shutdown_requested = asyncio.Event()
         self.requests: dict[str, int] = {}
         self.warnings: list[str] = []  # shown by `status`, not only written to supervisor.log
+        self.extra_locks: list[Any] = []  # a lock file made again after the state folder was deleted
         self.services = Services(paths, HttpClient(), LogHub(paths), dict(os.environ if environ is None else environ))
         self.services.on_change = self._changed
         self._change = asyncio.Event()
