@@ -48,9 +48,6 @@ class HttpClient:
     async def post(self, url: str, json: Any, timeout: float) -> Response:
         return await request("POST", url, json, timeout)
 
-    async def aclose(self) -> None:
-        """Nothing to close: every request has its own connection."""
-
 
 async def request(method: str, url: str, payload: Any, timeout: float) -> Response:
     try:
