@@ -80,7 +80,9 @@ def _fast_up(argv: list[str]) -> int | None:
     names: list[str] = parsed["names"]
     try:
         paths = StatePaths.default()
-        actions, warnings = service.up(paths, find_config_path(parsed.get("file")), names, bool(parsed.get("--force")))
+        actions, warnings = service.up(
+            paths, find_config_path(parsed.get("file"), paths), names, bool(parsed.get("--force"))
+        )
         for warning in warnings:
             sys.stderr.write(f"llmctl: warning: {warning}\n")
         if not as_json:

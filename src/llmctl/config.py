@@ -21,7 +21,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from .configerrors import describe, first_validation_error, located
+from .configerrors import describe, located, summary, validation_errors
 from .configprep import FieldProblem, apply_defaults, expand_variables
 from .errors import ConfigError
 from .paths import CONFIG_ENV, DEFAULT_CONFIG_NAME
@@ -47,7 +47,9 @@ class HealthModel(_Strict):
     url: str | None = None
     interval: Seconds = 5.0
     timeout: Seconds = 5.0
-    start_timeout: Seconds = 300.0
+    # Time allowed without progress (log output, download bytes, a new readiness answer), not in all.
+    start_timeout: Seconds = 120.0
+    start_deadline: Seconds | None = None  # an overall bound on one start, progress or not
     failure_threshold: Annotated[int, Field(ge=1)] = 3
 
     @field_validator("path")
@@ -301,7 +303,7 @@ def _scalar_to_str(value: Any) -> Any:
     return value
 
 
-def load_config(path: Path) -> Config:
+def load_config(path: Path, check_backends: bool = True) -> Config:
     """Read, expand and validate a config file; any problem is a ConfigError of one line."""
     try:
         text = read_regular_file(path, MAX_CONFIG_BYTES, follow_symlinks=True).decode("utf-8")
@@ -314,10 +316,12 @@ def load_config(path: Path) -> Config:
         raise ConfigError(f"{path}: cannot read config file: {exc.strerror or exc}") from None
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{path}: cannot read config file: not UTF-8 ({exc.reason} at byte {exc.start})") from None
-    return parse_config(text, path)
+    return parse_config(text, path, check_backends)
 
 
-def parse_config(text: str, path: Path) -> Config:
+def parse_config(text: str, path: Path, check_backends: bool = True) -> Config:
+    """The validated config; `check_backends=False` skips what only a start needs (the model file),
+    for `llmctl doctor`, which reports those itself beside everything else."""
     try:
         document = load_yaml(text)
     except YamlSyntaxError as exc:
@@ -334,13 +338,17 @@ def parse_config(text: str, path: Path) -> Config:
         message = describe(document, exc.location, str(exc))
         raise ConfigError(located(path, line_of(document, exc.location), message)) from None
     except ValidationError as exc:
-        raise ConfigError(first_validation_error(path, document, exc, ConfigModel, _SECTION_MODELS)) from None
-    for index, instance in enumerate(config.instances):
+        problems = validation_errors(path, document, exc, ConfigModel, _SECTION_MODELS)
+        raise ConfigError(summary(problems), problems) from None
+    problems = []
+    for index, instance in enumerate(config.instances if check_backends else ()):
         problem = _backend_problem(instance)
         if problem:
             field, message = problem
             location = ("instances", index, field)
-            raise ConfigError(located(path, line_of(document, location), describe(document, location, message)))
+            problems.append(located(path, line_of(document, location), describe(document, location, message)))
+    if problems:
+        raise ConfigError(summary(problems), problems)
     return config
 
 

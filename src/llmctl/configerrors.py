@@ -14,18 +14,30 @@ from pydantic import BaseModel, ValidationError
 from .yamlsource import line_of
 
 
-def first_validation_error(
+def validation_errors(
     path: Path, document: Any, error: ValidationError, root: type[BaseModel], sections: dict[str, type[BaseModel]]
-) -> str:
+) -> list[str]:
+    """Every problem the schema found, one located line each, the most telling first."""
     # An unknown key is usually a misspelt one, which also explains a "missing" error: report it first.
     problems = sorted(error.errors(include_url=False), key=lambda problem: problem["type"] != "extra_forbidden")
-    first = problems[0]
-    location = _schema_location(first["loc"])
-    message = _friendly(first, document, location, root, sections)
-    if first["type"] == "missing":
-        location = location[:-1]
-    extra = f" (and {len(problems) - 1} more problem{'s' if len(problems) > 2 else ''})" if len(problems) > 1 else ""
-    return located(path, line_of(document, location), describe(document, location, message)) + extra
+    lines = []
+    for problem in problems:
+        location = _schema_location(problem["loc"])
+        message = _friendly(problem, document, location, root, sections)
+        if problem["type"] == "missing":
+            location = location[:-1]
+        line = located(path, line_of(document, location), describe(document, location, message))
+        if line not in lines:
+            lines.append(line)
+    return lines
+
+
+def summary(problems: list[str]) -> str:
+    """The first problem, and how many more (`llmctl check` lists them all)."""
+    more = len(problems) - 1
+    return problems[0] + (
+        f" (and {more} more problem{'s' if more > 1 else ''}: `llmctl check` lists them)" if more else ""
+    )
 
 
 def _schema_location(location: tuple[Any, ...]) -> tuple[Any, ...]:

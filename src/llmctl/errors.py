@@ -33,6 +33,10 @@ class ConfigError(LlmctlError):
     exit_code = 2
     kind = "config"
 
+    def __init__(self, message: str, problems: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.problems = problems or [message]  # every problem found, one line each (`check` shows them all)
+
 
 class BadRequest(ConfigError):
     """A control request that is not JSON, not an object, or names no known operation."""

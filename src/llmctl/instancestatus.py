@@ -35,6 +35,9 @@ def describe(spec: InstanceSpec, runner: Runner | None, log_path: str) -> dict[s
         "restarts": runner.restarts if runner else 0,
         "uptime_s": round(now - server.started_mono, 3) if server else None,
         "state_since_s": round(now - runner.state_since, 3) if runner else None,
+        # While starting: {"phase": "downloading"|"loading"|"starting", "elapsed_s", "idle_s",
+        # "downloaded_bytes", "total_bytes", "rate_bytes_per_s"}; null otherwise.
+        "progress": runner.progress.describe(now) if runner and runner.progress and state is State.STARTING else None,
         **memory_fields(
             runner.memory if runner and server else None, runner.estimate if runner else safe_estimate(spec)
         ),

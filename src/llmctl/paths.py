@@ -33,19 +33,27 @@ def private_dir(path: Path) -> Path:
         raise SupervisorError(
             f"cannot use the folder {path}: {exc.strerror or exc}; set $LLMCTL_STATE_DIR to a folder you can write"
         ) from None
+    problem = unsafe_folder(path, info)
+    if problem:
+        raise SupervisorError(problem)
+    return path
+
+
+def unsafe_folder(path: Path, info: os.stat_result) -> str | None:
+    """Why llmctl will not keep its socket and state in `path` (lstat'ed as `info`), with the fix."""
     if not stat.S_ISDIR(info.st_mode):
-        raise SupervisorError(f"{path} is not a folder (a link or a file); remove it, or set $LLMCTL_STATE_DIR")
+        return f"{path} is not a folder (a link or a file); remove it, or set $LLMCTL_STATE_DIR"
     if info.st_uid != os.getuid():
-        raise SupervisorError(
+        return (
             f"{path} belongs to uid {info.st_uid}, not to you (uid {os.getuid()}); llmctl will not use a folder "
             "another user controls: remove it, or set $LLMCTL_STATE_DIR to a folder of yours"
         )
     if info.st_mode & 0o022:
-        raise SupervisorError(
+        return (
             f"{path} can be written by other users (mode {stat.S_IMODE(info.st_mode):o}); llmctl will not use it: "
             f"`chmod 700 {path}`"
         )
-    return path
+    return None
 
 
 class StatePaths:
@@ -117,11 +125,26 @@ class StatePaths:
         return private_dir(short_dir) / f"{digest}.sock"
 
 
-def find_config_path(explicit: str | os.PathLike[str] | None) -> Path:
-    """`-f/--file`, then $LLMCTL_CONFIG, then ./instances.yaml."""
+def find_config_path(explicit: str | os.PathLike[str] | None, paths: StatePaths | None = None) -> Path:
+    """`-f/--file`, then $LLMCTL_CONFIG, then ./instances.yaml, then the config of the fleet
+    running in `paths` (so `logs`, `up` and `restart` work from any folder, as `docker compose -p` does)."""
     if explicit:
         return Path(explicit).expanduser().absolute()
     from_env = os.environ.get(CONFIG_ENV)
     if from_env:
         return Path(from_env).expanduser().absolute()
-    return Path.cwd() / DEFAULT_CONFIG_NAME
+    local = Path.cwd() / DEFAULT_CONFIG_NAME
+    if paths is not None and not local.exists():
+        return running_config_path(paths) or local
+    return local
+
+
+def running_config_path(paths: StatePaths) -> Path | None:
+    """The config file the supervisor of `paths` was last given, if it still exists."""
+    from .state import load
+
+    saved, _ = load(paths.state_file)
+    recorded = (saved.config or {}).get("path")
+    if isinstance(recorded, str) and recorded and Path(recorded).is_file():
+        return Path(recorded)
+    return None

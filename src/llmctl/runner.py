@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from . import policy, process, state, states
+from . import policy, process, progress, state, states
 from .backends import NotReady, backend_for, command_line, safe_estimate
 from .errors import StartError
 from .mailbox import Interrupted, Mailbox, Request
@@ -38,6 +38,7 @@ if TYPE_CHECKING:
     from .spec import InstanceSpec
 
 log = logging.getLogger("llmctl.runner")
+PROGRESS_CHECK_EVERY = 1.0  # how often a start's progress is looked at (and `up` sees it move)
 STRICT_ENV = "LLMCTL_STRICT_STATES"  # tests set it: an illegal edge raises instead of being logged
 
 
@@ -51,6 +52,7 @@ class Services:
     environ: dict[str, str]
     binaries: dict[str, str] = field(default_factory=dict)
     on_change: Callable[[Runner], None] = lambda runner: None
+    on_progress: Callable[[Runner], None] = lambda runner: None  # a start moved on: no state change
 
 
 class _StartFailed(Exception):
@@ -87,6 +89,7 @@ class Runner:
         self.sampled_at = 0.0
         self.estimate: int | None = safe_estimate(spec)
         self.over_memory_since: float | None = None
+        self.progress: progress.StartProgress | None = None
         self._mailbox = Mailbox()
         if adoption is not None:
             self._adopt(adoption)
@@ -235,12 +238,15 @@ class Runner:
         assert self.server is not None
         spec, server = self.spec, self.server
         backend = backend_for(spec.backend)
+        env = backend.environment(spec, self.services.environ)
+        self.progress = progress.StartProgress(
+            self.services.paths.log_file(spec.name), tuple(backend.download_folders(spec, env))
+        )
         exited = asyncio.ensure_future(server.exited())
-        ready = asyncio.ensure_future(backend.wait_ready(spec, self.services.http))
+        ready = asyncio.ensure_future(progress.tracking(self.progress, backend.wait_ready(spec, self.services.http)))
         said = asyncio.ensure_future(self.services.hub.load_failure(self.name, backend))
-        elapsed = time.monotonic() - server.started_mono
         try:
-            done = await self._wait_for({exited, ready, said}, timeout=max(0.0, spec.health.start_timeout - elapsed))
+            done = await self._until_ready_or_stalled({exited, ready, said})
         finally:
             for future in (exited, ready, said):
                 future.cancel()
@@ -250,8 +256,6 @@ class Runner:
             raise self._failed(f"the server {process.describe_exit(exited.result())} while starting")
         if said in done:
             raise _StartFailed(f"the model failed to load: {said.result()}", retry=True)
-        if ready not in done:
-            raise self._failed(f"not healthy within start_timeout ({spec.health.start_timeout:g}s)")
         try:
             ready.result()
         except NotReady as exc:
@@ -260,11 +264,35 @@ class Runner:
             raise self._failed(f"readiness check failed: {exc}") from None
         self.history[-1:] = [policy.Attempt(self.history[-1].started if self.history else time.monotonic(), True)]
         self.health = "ok"
+        self.progress = None
         adopted = server.popen is None
         took = f"healthy after {time.monotonic() - server.started_mono:.2f}s"
         self._move(State.HEALTHY, "adopted and healthy" if adopted else took)
         with contextlib.suppress(Exception):
             self.estimate = await backend.reported_memory(spec, self.services.http) or self.estimate
+
+    async def _until_ready_or_stalled(self, futures: set[asyncio.Future[Any]]) -> set[Any]:
+        """Wait while the start makes progress; fail it after start_timeout without any, or at start_deadline."""
+        assert self.server is not None and self.progress is not None
+        health, started = self.spec.health, self.server.started_mono
+        while True:
+            allowance = health.start_timeout - self.progress.idle_for()
+            if health.start_deadline is not None:
+                allowance = min(allowance, health.start_deadline - (time.monotonic() - started))
+            done = await self._wait_for(futures, timeout=max(0.0, min(PROGRESS_CHECK_EVERY, allowance)))
+            if done:
+                return done
+            now = time.monotonic()
+            before = self.progress.phase
+            if self.progress.check(now) or self.progress.phase != before:
+                self.services.on_progress(self)
+            if self.progress.idle_for(now) >= health.start_timeout:
+                raise self._failed(
+                    f"stalled: no progress for {health.start_timeout:g}s while {self.progress.phase}"
+                    " (start_timeout: nothing logged, downloaded or answered)"
+                )
+            if health.start_deadline is not None and now - started >= health.start_deadline:
+                raise self._failed(f"not healthy within start_deadline ({health.start_deadline:g}s)")
 
     def _failed(self, reason: str) -> _StartFailed:
         """A failed start, in the server's own words where its log has them."""
@@ -356,6 +384,7 @@ class Runner:
         self.over_memory_since = None
         self.health = None
         self.next_start_at = None
+        self.progress = None
 
     # -- state and its record ------------------------------------------------------------
 

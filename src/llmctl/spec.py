@@ -22,6 +22,7 @@ class HealthSpec:
     timeout: float
     start_timeout: float
     failure_threshold: int
+    start_deadline: float | None = None
 
 
 @dataclass(frozen=True)

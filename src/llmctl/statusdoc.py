@@ -33,6 +33,7 @@ INSTANCE_KEYS = (
     "restarts",
     "uptime_s",
     "state_since_s",
+    "progress",
     "health",
     "start_failures",
     "last_exit",

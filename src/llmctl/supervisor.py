@@ -49,6 +49,7 @@ class Supervisor:
         self.extra_locks: list[Any] = []  # a lock file made again after the state folder was deleted
         self.services = Services(paths, HttpClient(), LogHub(paths), dict(os.environ if environ is None else environ))
         self.services.on_change = self._changed
+        self.services.on_progress = self._wake_waiters
         self._change = asyncio.Event()
         self.gateway: Any = None  # llmctl.gateway.server.Gateway, imported only when configured
         self.sampler = Sampler(lambda: self.runners.values())
@@ -229,6 +230,9 @@ class Supervisor:
         if self.adopting:
             return
         self.save()
+        self._wake_waiters(runner)
+
+    def _wake_waiters(self, runner: Runner) -> None:
         self._change.set()
         self._change = asyncio.Event()
 

@@ -5,7 +5,7 @@ llmctl uses, because Ollama's binary cannot be installed on the machines llmctl 
     fake_ollama.py serve        listens on $OLLAMA_HOST (host:port)
 
 Endpoints, shaped as Ollama's server/routes.go answers them: GET / ("Ollama is running"),
-GET /api/version, GET /api/tags, GET /api/ps, POST /api/generate (no prompt: load the model, answer
+GET /api/version, GET /api/tags, GET /api/ps, POST /api/pull (stream false), POST /api/generate (no prompt: load the model, answer
 done_reason "load"; unknown model: 404), POST /v1/chat/completions. Like Ollama, a loaded model
 lives in a runner child process (here a sleeping Python process holding some memory), in the same
 process group as the server.
@@ -22,6 +22,7 @@ import time
 from typing import ClassVar
 
 KNOWN_MODELS = {"tiny:latest", "llama3.2:latest"}
+PULLABLE = {"pullme:latest"}  # not in the library until /api/pull fetches it (slowly: STANDIN_PULL_SECONDS)
 RUNNER_BYTES = 32 * 1024 * 1024
 
 
@@ -74,11 +75,28 @@ class Handler(http.server.BaseHTTPRequestHandler):
                 State.runners[model] = subprocess.Popen([sys.executable, "-c", code])
                 time.sleep(0.2)  # loading
             self._send(200, {"model": model, "response": "", "done": True, "done_reason": "load"})
+        elif self.path == "/api/pull":
+            self._pull(canonical(str(request.get("model", ""))))
         elif self.path == "/v1/chat/completions":
             message = {"role": "assistant", "content": "stand-in reply"}
             self._send(200, {"object": "chat.completion", "choices": [{"index": 0, "message": message}]})
         else:
             self._send(404, {"error": "not found"})
+
+    def _pull(self, model: str) -> None:
+        if model not in PULLABLE:
+            self._send(500, {"error": "pull model manifest: file does not exist"})
+            return
+        folder = os.environ.get("OLLAMA_MODELS") or os.path.expanduser("~/.ollama/models")
+        os.makedirs(os.path.join(folder, "blobs"), exist_ok=True)
+        seconds = float(os.environ.get("STANDIN_PULL_SECONDS", "2"))
+        with open(os.path.join(folder, "blobs", "sha256-standin-partial"), "ab") as blob:
+            for _ in range(int(seconds / 0.25)):
+                blob.write(b"\0" * (256 * 1024))
+                blob.flush()
+                time.sleep(0.25)
+        KNOWN_MODELS.add(model)
+        self._send(200, {"status": "success"})
 
     def log_message(self, fmt: str, *args: object) -> None:
         sys.stdout.write("stand-in ollama: " + fmt % args + "\n")

@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 READY_POLL_FIRST = 0.01
 READY_POLL_GROWTH = 1.5
 READY_POLL_MAX = 0.5
+LONGEST_LOAD_S = 24 * 3600.0
 
 
 class NotReady(Exception):
@@ -60,6 +61,10 @@ class Backend(ABC):
             return [found]
         raise BinaryNotFound(f"{self.name}: {self.program!r} not found on PATH. {self.install_hint}")
 
+    def version_command(self, program: list[str]) -> list[str]:
+        """A command that prints the server's version (`llmctl doctor` shows it)."""
+        return [*program, "--version"]
+
     @abstractmethod
     def command(self, spec: InstanceSpec, program: list[str]) -> list[str]:
         """The full argv: the program, the arguments the adapter must pass, then the user's args."""
@@ -69,6 +74,10 @@ class Backend(ABC):
         env = {key: value for key, value in inherited.items() if not key.startswith(self.scrubbed_env_prefixes)}
         env.update(spec.env)
         return env
+
+    def download_folders(self, spec: InstanceSpec, env: dict[str, str]) -> list[Path]:
+        """Where this server puts what it downloads before it loads (the start's progress is seen there)."""
+        return []
 
     def estimate_memory(self, spec: InstanceSpec) -> int | None:
         """Bytes this instance will take once loaded, or None when it cannot be known before it runs."""
@@ -82,7 +91,8 @@ class Backend(ABC):
     async def wait_ready(self, spec: InstanceSpec, http: HttpClient) -> None:
         """Return once the server can answer a request for its model; raise NotReady if it never will.
 
-        The supervisor bounds this with the instance's start_timeout and cancels it if the process exits.
+        The supervisor gives it time while the start makes progress (llmctl.progress), up to the
+        instance's start_timeout without any, and cancels it if the process exits.
         """
 
     def load_failure(self, lines: list[str]) -> str | None:
@@ -113,6 +123,12 @@ def _error_line(lines: list[str]) -> str | None:
     return None
 
 
+def load_timeout(spec: InstanceSpec) -> float:
+    """How long one request that loads (or pulls) the model may take: the start's progress watch,
+    not this, decides when a start has stalled, so only start_deadline bounds it."""
+    return spec.health.start_deadline or LONGEST_LOAD_S
+
+
 def resolve_program(program: str, workdir: str | None = None) -> str | None:
     """An executable path for `program`: a path (relative to `workdir`) or a name on PATH."""
     if os.sep in program:
@@ -124,13 +140,18 @@ def resolve_program(program: str, workdir: str | None = None) -> str | None:
 
 
 async def get_status(http: HttpClient, url: str, timeout: float) -> int | None:
-    """The HTTP status of GET url, or None when nothing answers in time."""
+    """The HTTP status of GET url, or None when nothing answers in time.
+
+    During a start each answer is reported to llmctl.progress: a new one ("Loading model") is progress."""
     from ..httpclient import HttpError
+    from ..progress import report_answer
 
     try:
         response = await http.get(url, timeout=timeout)
     except HttpError:
+        report_answer(None)
         return None
+    report_answer(response.status_code, response.text if response.status_code != 200 else "")
     return response.status_code
 
 

@@ -6,10 +6,12 @@ The user gives the whole command line as `command:` and, usually, the readiness 
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..errors import BinaryNotFound
-from .base import Backend, poll_until_ok, resolve_program
+from ..progress import huggingface_repo_folder
+from .base import Backend, poll_until_ok, resolve_model_path, resolve_program
 
 if TYPE_CHECKING:
     from ..httpclient import HttpClient
@@ -30,6 +32,13 @@ class CommandBackend(Backend):
 
     def find_program(self, configured: str | None) -> list[str]:
         return []  # the program is the first word of `command:`
+
+    def download_folders(self, spec: InstanceSpec, env: dict[str, str]) -> list[Path]:
+        """A `model:` that names a Hugging Face repo (vLLM, SGLang, TGI fetch it): its cache folder."""
+        model = spec.model or ""
+        if model.count("/") != 1 or model.startswith(("/", ".", "~")) or resolve_model_path(spec, model).exists():
+            return []
+        return [huggingface_repo_folder(model, env)]
 
     def liveness_url(self, spec: InstanceSpec) -> str:
         return spec.health_url("/v1/models")

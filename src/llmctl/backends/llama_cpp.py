@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 from ..errors import BinaryNotFound
 from ..ggufinfo import GgufError, read_gguf
+from ..progress import huggingface_repo_folder
 from .base import Backend, option_value, poll_until_ok, resolve_model_path, resolve_program
 
 if TYPE_CHECKING:
@@ -61,6 +62,16 @@ class LlamaCppBackend(Backend):
     def command(self, spec: InstanceSpec, program: list[str]) -> list[str]:
         model = str(resolve_model_path(spec, spec.model or ""))
         return [*program, "-m", model, "--host", spec.host, "--port", str(spec.port), *spec.args]
+
+    def download_folders(self, spec: InstanceSpec, env: dict[str, str]) -> list[Path]:
+        """`-hf REPO` downloads before the port opens: into LLAMA_CACHE (older builds) or the HF cache."""
+        repo = option_value(spec.args, ("-hf", "--hf-repo"))
+        if not repo:
+            return []
+        cache = (
+            Path(env["LLAMA_CACHE"]).expanduser() if env.get("LLAMA_CACHE") else Path.home() / ".cache" / "llama.cpp"
+        )
+        return [cache, huggingface_repo_folder(repo.split(":", 1)[0], env)]
 
     def liveness_url(self, spec: InstanceSpec) -> str:
         return spec.health_url("/health")

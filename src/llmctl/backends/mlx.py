@@ -14,8 +14,9 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ..progress import huggingface_repo_folder
 from ..safefiles import read_regular_file
-from .base import READY_POLL_MAX, Backend, NotReady, get_status, poll_delays, resolve_model_path
+from .base import READY_POLL_MAX, Backend, NotReady, get_status, load_timeout, poll_delays, resolve_model_path
 
 if TYPE_CHECKING:
     from ..httpclient import HttpClient
@@ -39,7 +40,7 @@ class MlxBackend(Backend):
     def check_spec(self, spec: InstanceSpec) -> tuple[str, str] | None:
         model = spec.model or ""
         local = resolve_model_path(spec, model)
-        if model.startswith(_LOCAL_PREFIXES) or local.exists():
+        if self._is_local(spec):
             if not (local / "config.json").is_file():
                 return "model", f"MLX model folder not found (no config.json): {local}"
         elif model.count("/") != 1:
@@ -54,6 +55,17 @@ class MlxBackend(Backend):
         if beside.is_file():
             return [str(beside)]
         return super().find_program(None)
+
+    def version_command(self, program: list[str]) -> list[str]:
+        """mlx_lm.server has no --version: ask the Python that runs it (its script's #! line)."""
+        try:
+            with open(program[0], "rb") as script:
+                first = script.readline(512).decode(errors="replace")
+        except OSError:
+            first = ""
+        python = first[2:].strip() if first.startswith("#!") else sys.executable
+        code = "import importlib.metadata as m; print('mlx-lm version', m.version('mlx-lm'))"
+        return [*python.split(), "-c", code]
 
     def command(self, spec: InstanceSpec, program: list[str]) -> list[str]:
         model = spec.model or ""
@@ -85,9 +97,19 @@ class MlxBackend(Backend):
         local = resolve_model_path(spec, model)
         if local.is_dir():
             return local
-        hub = Path(spec.env.get("HF_HOME") or os.environ.get("HF_HOME") or Path.home() / ".cache" / "huggingface")
-        snapshots = sorted((hub / "hub" / f"models--{model.replace('/', '--')}" / "snapshots").glob("*/config.json"))
+        repo = huggingface_repo_folder(model, {**os.environ, **spec.env})
+        snapshots = sorted((repo / "snapshots").glob("*/config.json"))
         return snapshots[-1].parent if snapshots else None
+
+    def download_folders(self, spec: InstanceSpec, env: dict[str, str]) -> list[Path]:
+        """A hub id is fetched into the Hugging Face cache by mlx_lm.server itself, before it loads."""
+        if self._is_local(spec):
+            return []
+        return [huggingface_repo_folder(spec.model or "", env)]
+
+    def _is_local(self, spec: InstanceSpec) -> bool:
+        model = spec.model or ""
+        return model.startswith(_LOCAL_PREFIXES) or resolve_model_path(spec, model).exists()
 
     def liveness_url(self, spec: InstanceSpec) -> str:
         return spec.health_url("/health")
@@ -119,7 +141,7 @@ class MlxBackend(Backend):
         response = await http.post(
             spec.url + "/v1/completions",
             json={"prompt": "hi", "max_tokens": 1},
-            timeout=spec.health.start_timeout,
+            timeout=load_timeout(spec),
         )
         if response.status_code != 200 or "choices" not in response.text:
             raise NotReady(f"a test completion answered HTTP {response.status_code}: {response.text[:200]}")

@@ -7,9 +7,10 @@ processes of `ollama serve`, which the supervisor counts as part of the process 
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .base import Backend, NotReady, poll_delays, poll_until_ok
+from .base import Backend, NotReady, load_timeout, poll_delays, poll_until_ok
 
 if TYPE_CHECKING:
     from ..httpclient import HttpClient
@@ -49,13 +50,29 @@ class OllamaBackend(Backend):
         request: dict[str, object] = {"model": spec.model}
         if "OLLAMA_KEEP_ALIVE" not in spec.env:
             request["keep_alive"] = -1  # a supervised model stays loaded; the user can say otherwise
-        response = await http.post(spec.url + "/api/generate", json=request, timeout=spec.health.start_timeout)
+        response = await http.post(spec.url + "/api/generate", json=request, timeout=load_timeout(spec))
         if response.status_code == 404:
-            raise NotReady(
-                f"model {spec.model!r} is not in this Ollama's library; pull it with `ollama pull {spec.model}`"
-            )
+            await self._pull(spec, http)
+            response = await http.post(spec.url + "/api/generate", json=request, timeout=load_timeout(spec))
         if response.status_code != 200:
             raise NotReady(f"loading {spec.model!r} answered HTTP {response.status_code}: {response.text[:200]}")
+
+    async def _pull(self, spec: InstanceSpec, http: HttpClient) -> None:
+        """Fetch a model this Ollama does not have yet, as `ollama pull` would; the blobs folder growing
+        is the start's progress (download_folders)."""
+        response = await http.post(
+            spec.url + "/api/pull", json={"model": spec.model, "stream": False}, timeout=load_timeout(spec)
+        )
+        if response.status_code != 200 or '"error"' in response.text:
+            raise NotReady(
+                f"model {spec.model!r} is not in this Ollama's library and pulling it failed "
+                f"(HTTP {response.status_code}: {response.text[:200]}); check the name, or run "
+                f"`ollama pull {spec.model}` yourself"
+            )
+
+    def download_folders(self, spec: InstanceSpec, env: dict[str, str]) -> list[Path]:
+        models = env.get("OLLAMA_MODELS")
+        return [(Path(models).expanduser() if models else Path.home() / ".ollama" / "models") / "blobs"]
 
     async def reported_memory(self, spec: InstanceSpec, http: HttpClient) -> int | None:
         """The `size` /api/ps reports for this instance's model (the runner's own estimate)."""

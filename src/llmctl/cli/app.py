@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Optional
 import typer
 
 from .. import service, statusdoc
-from ..errors import LlmctlError, SupervisorError
+from ..errors import ConfigError, LlmctlError, SupervisorError
 from ..paths import StatePaths, find_config_path
 from . import render
 from .report import report_error, report_settled
@@ -75,7 +75,7 @@ def _global_options(
 
 
 def _config_path(local: Path | None) -> Path:
-    return find_config_path(local or _Globals.config_file)
+    return find_config_path(local or _Globals.config_file, StatePaths.default())
 
 
 def _config(local: Path | None) -> Config:
@@ -308,12 +308,78 @@ def env(file: FileOption = None) -> None:
 
 @app.command()
 def check(file: FileOption = None) -> None:
-    """Validate the config file without starting anything."""
-    config = _config(file)
+    """Validate the config file without starting anything; every problem is listed."""
+    try:
+        config = _config(file)
+    except ConfigError as exc:
+        for problem in exc.problems[:-1]:
+            _stderr(f"llmctl: error: {problem}")
+        raise ConfigError(exc.problems[-1]) from None
     for warning in service.start_warnings(config):
         _stderr(f"llmctl: warning: {warning}")
     count = len(config.instances)
-    print(f"{config.path}: ok ({count} instance{'' if count == 1 else 's'}: {', '.join(config.names)})")
+    listed = f"{count} instance{'' if count == 1 else 's'}: {', '.join(config.names)}" if count else "no instances"
+    print(f"{config.path}: ok ({listed})")
+
+
+@app.command()
+def init(
+    file: FileOption = None,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite an existing file.")] = False,
+    stdout: Annotated[bool, typer.Option("--stdout", help="Print the config instead of writing it.")] = False,
+) -> None:
+    """Write a commented starter instances.yaml from the servers and models found on this machine."""
+    from .. import starter
+
+    text = starter.render(starter.discover())
+    if stdout:
+        sys.stdout.write(text)
+        return
+    path = (file or _Globals.config_file or Path("instances.yaml")).expanduser().absolute()
+    try:
+        starter.write(path, text, force)
+    except FileExistsError:
+        raise ConfigError(f"{path} already exists; llmctl init never overwrites it without --force") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot write {path}: {exc.strerror or exc}") from None
+    count = text.count("\n  - name: ")
+    print(f"wrote {path} ({count} instance{'' if count == 1 else 's'}); next: `llmctl doctor`, then `llmctl up`")
+
+
+@app.command()
+def doctor(file: FileOption = None, json_output: JsonOption = False) -> None:
+    """Check programs, ports, models, memory, the state folder and the supervisor; each finding with its fix.
+
+    Exit 0 when nothing is wrong (warnings allowed), 1 when there is a problem.
+    """
+    from .. import doctor as checks
+    from ..config import load_config
+
+    paths = StatePaths.default()
+    findings = checks.diagnose(_config_path(file), paths, lambda path: load_config(path, check_backends=False))
+    well = checks.healthy(findings)
+    if json_output:
+        render.write_json(statusdoc.with_version({"ok": well, "findings": [f.to_dict() for f in findings]}))
+    else:
+        render.write_findings([f.to_dict() for f in findings])
+    raise typer.Exit(0 if well else EXIT_FAILED)
+
+
+@app.command()
+def completion(shell: Annotated[str, typer.Argument(help="bash, zsh or fish.", show_default=False)]) -> None:
+    """Print the shell completion script (instance names complete from the config in use)."""
+    from .completion import SHELLS, generate
+
+    if shell not in SHELLS:
+        raise ConfigError(f"unknown shell {shell!r}: llmctl completes in {', '.join(SHELLS)}")
+    sys.stdout.write(generate(shell))
+
+
+@app.command("_names", hidden=True)
+def _names(file: FileOption = None) -> None:
+    """Instance names of the config in use, one a line (for shell completion)."""
+    for name in _config(file).names:
+        print(name)
 
 
 def run() -> None:

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from .. import budget
+from ..progress import phase_text
 
 TYPE_CHECKING = False  # not `from typing`: importing typing costs `llmctl status` 4 ms
 if TYPE_CHECKING:
@@ -75,6 +76,8 @@ def row(instance: dict[str, Any]) -> list[str]:
     health = instance.get("health") or "-"
     if instance.get("state") in ("failed", "backoff") and instance.get("last_error"):
         health = instance["last_error"]
+    elif instance.get("progress"):
+        health = phase_text(instance["progress"])
     elif instance.get("restarts") and instance.get("last_exit"):
         health += f" (last exit: {instance['last_exit'].removeprefix('the server ').removeprefix('was ')})"
     return [
@@ -177,7 +180,8 @@ def progress_table(instances: list[dict[str, Any]]) -> Any:
     for instance in instances:
         mark, style = OUTCOME_MARKS.get(instance["outcome"], ("?", ""))
         state = Text(instance["state"], style=STATE_STYLES.get(instance["state"], ""))
-        table.add_row(Text(mark, style=style), Text(instance["name"]), state, Text(instance["url"]))
+        phase = Text(phase_text(instance.get("progress")), style="dim")
+        table.add_row(Text(mark, style=style), Text(instance["name"]), state, Text(instance["url"]), phase)
     return table
 
 
@@ -192,6 +196,38 @@ def write_status(status: dict[str, Any], *, as_json: bool, out: TextIO = sys.std
         Console(file=out, force_terminal=True if os.environ.get("FORCE_COLOR") else None).print(rich_table(status))
     else:
         write_plain_table(status.get("instances", []), out, footer=system_line(status))
+
+
+FINDING_MARKS = {"ok": ("✔", "green"), "warning": ("!", "yellow"), "problem": ("✘", "bold red")}
+
+
+def write_findings(findings: list[dict[str, Any]], out: TextIO = sys.stdout) -> None:
+    """`doctor`'s findings: a mark, the check, the subject and what was found; the fix beneath."""
+    styled = out.isatty() or bool(os.environ.get("FORCE_COLOR"))
+    console = None
+    if styled:
+        from rich.console import Console
+
+        console = Console(file=out, force_terminal=True if os.environ.get("FORCE_COLOR") else None, highlight=False)
+    width = max((len(finding["check"]) for finding in findings), default=0)
+    for finding in findings:
+        mark, style = FINDING_MARKS.get(finding["status"], ("?", ""))
+        word = mark if styled else finding["status"].ljust(7)
+        subject = f"{visible(finding['subject'])}: " if finding["subject"] else ""
+        line = f"{finding['check'].ljust(width)}  {subject}{visible(finding['message'])}"
+        fix = f"{' ' * (len(word) + width + 3)}fix: {visible(finding['fix'])}" if finding.get("fix") else None
+        if console is not None:
+            from rich.text import Text
+
+            console.print(Text(word, style=style) + Text(" " + line))
+            if fix:
+                console.print(Text(fix, style="dim"))
+        else:
+            out.write(f"{word} {line}\n" + (f"{fix}\n" if fix else ""))
+    problems = sum(finding["status"] == "problem" for finding in findings)
+    warnings = sum(finding["status"] == "warning" for finding in findings)
+    summary = "all is well" if not problems else f"{problems} problem{'s' if problems != 1 else ''}"
+    out.write(f"{summary}" + (f", {warnings} warning{'s' if warnings != 1 else ''}" if warnings else "") + "\n")
 
 
 def visible(text: str) -> str:

@@ -92,11 +92,15 @@ def explain_failure(instance: dict[str, Any]) -> None:
                 write("  " + line)
 
 
+SLOW_START_S = 2.0  # a start quicker than this gets no phase lines, only its result
+
+
 class _UpProgress:
     """One line per instance, updated in place on a terminal; one line as each settles otherwise."""
 
     def __init__(self, enabled: bool) -> None:
         self.reported: set[str] = set()
+        self.phases: dict[str, str] = {}
         self.enabled = enabled
         self.terminal = enabled and sys.stdout.isatty()
         self.live: Any = None
@@ -112,10 +116,21 @@ class _UpProgress:
             self.live.update(render.progress_table(instances))
             return
         for instance in instances:
+            self._phase_line(instance)
             if instance["outcome"] != "pending" and instance["name"] not in self.reported:
                 self.reported.add(instance["name"])
                 word = instance["state"] if instance["outcome"] == "ok" else "failed"
                 print(f"{instance['name']}: {word} {instance['url']}", flush=True)
+
+    def _phase_line(self, instance: dict[str, Any]) -> None:
+        """Off a terminal, a line on stderr as a slow start changes phase (stdout keeps the results)."""
+        progress = instance.get("progress")
+        if not self.enabled or not progress or progress["elapsed_s"] < SLOW_START_S:
+            return
+        if self.phases.get(instance["name"]) != progress["phase"]:
+            self.phases[instance["name"]] = progress["phase"]
+            sys.stderr.write(f"llmctl: {instance['name']}: {render.phase_text(progress)}\n")
+            sys.stderr.flush()
 
     def close(self) -> None:
         if self.live is not None:
