@@ -12,7 +12,7 @@ _llmctl() {
         up) local options='-f --file --no-wait --timeout --foreground --force --json -h --help' values='--timeout' files='-f --file' names=yes ;;
         wait) local options='--timeout --json -h --help' values='--timeout' files='' names=yes ;;
         status) local options='-f --file --json -w --watch --interval -h --help' values='--interval' files='-f --file' names=yes ;;
-        logs) local options='-f --follow -n --lines --file --raw -h --help' values='-n --lines' files='--file' names=yes ;;
+        logs) local options='-f --follow -n --lines --since --no-prefix --probes --file --raw -h --help' values='-n --lines --since' files='--file' names=yes ;;
         down) local options='-f --file --json -h --help' values='' files='-f --file' names=yes ;;
         restart) local options='-f --file --json -h --help' values='' files='-f --file' names=yes ;;
         url) local options='-f --file -h --help' values='' files='-f --file' names=yes ;;

@@ -9,6 +9,8 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from .helpers import LLMCTL, command_instance, free_port, llmctl, write_config
 
 NUMBERED = re.compile(r"^line (\d+)$")
@@ -198,3 +200,76 @@ def test_rich_markup_in_outside_text_is_shown_not_obeyed(tmp_path, state_dir):
         shown = run_on_a_terminal(*args, cwd=tmp_path)
         assert b"Traceback" not in shown
     assert b"weird[/]name[bold]x" in shown
+
+
+def test_logs_since_a_duration_shows_only_recent_lines(tmp_path, state_dir):
+    port = free_port()
+    write_config(tmp_path, "instances:" + command_instance("ticker", port, "--tick", "0.1"))
+    assert llmctl("up", cwd=tmp_path).returncode == 0
+    time.sleep(3.5)
+    recent = llmctl("logs", "ticker", "--since", "1s", cwd=tmp_path)
+    assert recent.returncode == 0, recent.stderr
+    ticks = [int(line.split()[1]) for line in recent.stdout.splitlines() if line.startswith("tick ")]
+    everything = llmctl("logs", "ticker", "--since", "1h", cwd=tmp_path).stdout
+    all_ticks = [int(line.split()[1]) for line in everything.splitlines() if line.startswith("tick ")]
+    assert all_ticks[0] == 1 and len(all_ticks) >= 25  # --since alone shows all of them, not the last 50
+    assert ticks and ticks[0] > 10  # the first seconds are left out
+    start = all_ticks.index(ticks[0])
+    assert ticks == all_ticks[start : start + len(ticks)]  # and nothing after the cut is lost
+    assert len(ticks) <= 25  # within a second of the cut: at most ~2 s of 10 ticks a second
+    limited = llmctl("logs", "ticker", "--since", "1h", "-n", "3", cwd=tmp_path).stdout.splitlines()
+    assert len(limited) == 3
+
+
+@pytest.mark.parametrize("value", ["yesterday", "5 minutes", "-3m", "25:99", ""])
+def test_logs_since_refuses_what_it_cannot_read(tmp_path, state_dir, value):
+    write_config(tmp_path, "instances:" + command_instance("a", free_port()))
+    result = llmctl("logs", "a", "--since", value, cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1 and "--since" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_parse_since_forms():
+    import datetime
+
+    from llmctl.logfiles import parse_since
+
+    now = 1_800_000_000.0
+    assert parse_since("90s", now) == now - 90 and parse_since("90", now) == now - 90
+    assert parse_since("1h30m", now) == now - 5400 and parse_since("2d", now) == now - 172800
+    assert parse_since("2026-11-27 07:30", now) == datetime.datetime(2026, 11, 27, 7, 30).timestamp()
+    assert parse_since("2026-11-27T07:30:05", now) == datetime.datetime(2026, 11, 27, 7, 30, 5).timestamp()
+    today = datetime.date.fromtimestamp(now)
+    assert parse_since("07:30", now) == datetime.datetime.combine(today, datetime.time(7, 30)).timestamp()
+
+
+def test_logs_prefixes_colour_and_probe_noise(tmp_path, state_dir, mlx_model):
+    write_config(
+        tmp_path,
+        f"instances:\n  - name: mlx\n    backend: mlx\n    model: {mlx_model}\n    port: {free_port()}\n"
+        + command_instance("other", free_port()),
+    )
+    logs = state_dir / "logs"
+    logs.mkdir(parents=True, mode=0o700)
+    os.chmod(state_dir, 0o700)
+    (logs / "mlx.log").write_text(
+        "2026-11-27 07:33:58,797 - INFO - Starting httpd at 127.0.0.1 on port 50819...\n"
+        '127.0.0.1 - - [27/Nov/2026 07:33:58] "GET /health HTTP/1.1" 200 -\n'
+        '127.0.0.1 - - [27/Nov/2026 07:33:58] "POST /v1/completions HTTP/1.1" 200 -\n'
+        '127.0.0.1 - - [27/Nov/2026 07:33:59] "GET /health HTTP/1.1" 503 -\n'
+    )
+    (logs / "other.log").write_text("hello from other\n")
+
+    quiet = llmctl("logs", "mlx", cwd=tmp_path).stdout
+    assert "GET /health HTTP/1.1\" 200" not in quiet  # probe noise hidden
+    assert "POST /v1/completions" in quiet and "503" in quiet  # a failing probe is news, not noise
+    assert llmctl("logs", "mlx", "--probes", cwd=tmp_path).stdout.count("GET /health") == 2
+
+    both = llmctl("logs", cwd=tmp_path).stdout.splitlines()
+    assert "other | hello from other" in both and "\x1b[" not in "".join(both)
+    bare = llmctl("logs", "--no-prefix", cwd=tmp_path).stdout.splitlines()
+    assert "hello from other" in bare and not any(" | " in line for line in bare)
+    coloured = llmctl("logs", cwd=tmp_path, env={"FORCE_COLOR": "1"}).stdout
+    assert "\x1b[33mother | \x1b[0mhello from other" in coloured
+    no_colour = llmctl("logs", cwd=tmp_path, env={"FORCE_COLOR": "1", "NO_COLOR": "1"}).stdout
+    assert "\x1b[" not in no_colour

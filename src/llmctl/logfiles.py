@@ -68,6 +68,79 @@ def last_lines(path: Path, count: int) -> list[str]:
     return _decode(lines)[-count:]
 
 
+def lines_since(path: Path, since: float) -> list[str]:
+    """The lines of a log and its rotations written at or after `since` (epoch seconds), oldest
+    first, to within a second: the relay's marks (NAME.marks) say where each file stood when."""
+    marks = _marks(path)
+    lines: list[str] = []
+    for file in _chain(path):
+        try:
+            with _open_log(file) as log:
+                info = os.fstat(log.fileno())
+                if info.st_mtime < since:
+                    continue  # nothing in it was written after `since`
+                known = sorted((when, offset) for when, inode, offset in marks if inode == info.st_ino)
+                before = [offset for when, offset in known if when <= since]
+                start = before[-1] if before else 0
+                log.seek(start)
+                data = log.read()
+        except OSError:
+            continue
+        chunk = data.split(b"\n")
+        if data.endswith(b"\n"):
+            chunk.pop()
+        lines += _decode(chunk)
+    return lines
+
+
+def _chain(path: Path) -> list[Path]:
+    """The live log and its rotations, oldest first."""
+    rotated = [path.with_name(f"{path.name}.{n}") for n in range(MAX_BACKUPS, 0, -1)]
+    return [*(file for file in rotated if file.exists()), path]
+
+
+def _marks(path: Path) -> list[tuple[float, int, int]]:
+    try:
+        with _open_log(path.with_name(path.name.removesuffix(".log") + ".marks")) as file:
+            text = file.read(4 * 1024 * 1024).decode("ascii", errors="replace")
+    except OSError:
+        return []
+    marks = []
+    for line in text.splitlines():
+        parts = line.split()
+        try:
+            marks.append((float(parts[0]), int(parts[1]), int(parts[2])))
+        except (IndexError, ValueError):
+            continue  # a line cut short by a crash
+    return marks
+
+
+def parse_since(text: str, now: float | None = None) -> float:
+    """`--since`: a duration back from now (`90s`, `10m`, `1h30m`, `2d`) or a local time
+    (`2026-11-27 07:30`, `2026-11-27T07:30:00`, `07:30` today). Raises ValueError with the forms."""
+    import datetime
+    import re
+
+    now = time.time() if now is None else now
+    text = text.strip()
+    match = re.fullmatch(r"(?:(\d+(?:\.\d+)?)d)?(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m)?(?:(\d+(?:\.\d+)?)s?)?", text)
+    if text and match and any(match.groups()):
+        days, hours, minutes, seconds = (float(group or 0) for group in match.groups())
+        return now - (days * 86400 + hours * 3600 + minutes * 60 + seconds)
+    for form in ("%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S", "%Y-%m-%dT%H:%M", "%Y-%m-%d %H:%M", "%Y-%m-%d"):
+        try:
+            return datetime.datetime.strptime(text, form).timestamp()
+        except ValueError:
+            pass
+    for form in ("%H:%M:%S", "%H:%M"):
+        try:
+            clock = datetime.datetime.strptime(text, form).time()
+        except ValueError:
+            continue
+        return datetime.datetime.combine(datetime.date.fromtimestamp(now), clock).timestamp()
+    raise ValueError(f"--since {text!r}: give a duration (90s, 10m, 1h30m, 2d) or a time (07:30, 2026-11-27 07:30)")
+
+
 def _identity(path: Path) -> tuple[int, int] | None:
     try:
         info = os.stat(path, follow_symlinks=False)

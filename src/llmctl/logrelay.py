@@ -29,6 +29,7 @@ import select
 import signal
 import stat
 import sys
+import time
 
 CHUNK = 65536
 MAX_LINE = 64 * 1024
@@ -38,13 +39,22 @@ DEFAULT_LIMITS = (10 * 1024 * 1024, 3)
 USAGE = "usage: logrelay.py PIPES_DIR LOGS_DIR"
 
 
+MARK_EVERY_S = 1.0
+MAX_MARKS_BYTES = 256 * 1024
+
+
 class RotatingLog:
+    """NAME.log and its rotations, with NAME.marks beside them: `EPOCH INODE OFFSET` lines that
+    say where each file stood at a time, at most one a second while output flows. Lines carry no
+    timestamps of their own (they are the server's), so `llmctl logs --since` reads these."""
+
     def __init__(self, path: str, max_bytes: int, backups: int) -> None:
         self.path = path
         self.max_bytes = max_bytes
         self.backups = backups
         self.fd: int | None = None
         self.dropped = 0
+        self.marked_at = 0.0
 
     def _open(self) -> None:
         flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
@@ -81,6 +91,8 @@ class RotatingLog:
             if size and size + len(data) > self.max_bytes:
                 self._rotate()
                 self._open()
+                size, self.marked_at = 0, 0.0
+            self._mark(size)
             if self.dropped:
                 note = f"[llmctl] {self.dropped} bytes of output were lost while the log could not be written\n"
                 self._write_all(note.encode())
@@ -89,6 +101,33 @@ class RotatingLog:
         except OSError:
             self.dropped += len(data)
             self.close()
+
+    def _mark(self, offset: int) -> None:
+        now = time.time()
+        if now - self.marked_at < MARK_EVERY_S:
+            return
+        self.marked_at = now
+        assert self.fd is not None
+        marks = self.path.removesuffix(".log") + ".marks"
+        with contextlib.suppress(OSError):
+            if os.path.getsize(marks) > MAX_MARKS_BYTES:
+                self._trim_marks(marks)
+        line = f"{now:.3f} {os.fstat(self.fd).st_ino} {offset}\n".encode()
+        with contextlib.suppress(OSError):
+            fd = os.open(marks, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+            try:
+                os.write(fd, line)
+            finally:
+                os.close(fd)
+
+    def _trim_marks(self, marks: str) -> None:
+        """Keep the newer half: the files the older marks point into have rotated away, or will soon."""
+        with open(marks, "rb") as file:
+            lines = file.read().splitlines(keepends=True)
+        temporary = marks + ".tmp"
+        with open(temporary, "wb") as file:
+            file.writelines(lines[len(lines) // 2 :])
+        os.replace(temporary, marks)
 
     def _write_all(self, data: bytes) -> None:
         assert self.fd is not None

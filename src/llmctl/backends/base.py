@@ -45,6 +45,12 @@ class Backend(ABC):
     # What a server prints when its model will not load: a start fails at once, in its own words.
     load_failure_markers: ClassVar[tuple[str, ...]] = ("Traceback (most recent call last)",)
 
+    # What a server logs for each health probe: `llmctl logs` hides these lines unless --probes.
+    probe_log_markers: ClassVar[tuple[str, ...]] = ()
+
+    def is_probe_noise(self, line: str) -> bool:
+        return any(marker in line for marker in self.probe_log_markers)
+
     def check_spec(self, spec: InstanceSpec) -> tuple[str, str] | None:
         """A (field, message) problem with this instance's config that no start could fix, or None."""
         return None

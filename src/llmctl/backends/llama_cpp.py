@@ -32,6 +32,7 @@ class LlamaCppBackend(Backend):
     # Most flags have LLAMA_ARG_* twins, and LLAMA_API_KEY sets a key: an inherited one would change the server.
     scrubbed_env_prefixes = ("LLAMA_",)
     load_failure_markers = ("error loading model", "failed to load model")
+    probe_log_markers = ("GET /health 127.0.0.1 200",)  # with --verbose / -lv 4 and up
 
     def check_spec(self, spec: InstanceSpec) -> tuple[str, str] | None:
         path = resolve_model_path(spec, spec.model or "")

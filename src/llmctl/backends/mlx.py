@@ -36,6 +36,8 @@ class MlxBackend(Backend):
         'Install it with `pip install mlx-lm` (on Linux: `pip install "mlx[cpu]" mlx-lm`), or set binaries.mlx.'
     )
     load_failure_markers = ("generation thread died", "Traceback (most recent call last)")
+    # http.server's access log, one line a probe: a third of a quiet server's log.
+    probe_log_markers = ('"GET /health HTTP/1.1" 200',)
 
     def check_spec(self, spec: InstanceSpec) -> tuple[str, str] | None:
         model = spec.model or ""

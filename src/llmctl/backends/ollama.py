@@ -24,6 +24,10 @@ class OllamaBackend(Backend):
     # Settings meant for another Ollama (a desktop app's OLLAMA_HOST, say) must not reach this one.
     scrubbed_env_prefixes = ("OLLAMA_",)
 
+    def is_probe_noise(self, line: str) -> bool:
+        """GIN's access line for a probe: `[GIN] ... | 200 | ... | GET      "/api/version"`."""
+        return "| 200 |" in line and line.rstrip().endswith(('"/api/version"', '"/api/ps"'))
+
     def command(self, spec: InstanceSpec, program: list[str]) -> list[str]:
         return [*program, "serve", *spec.args]
 

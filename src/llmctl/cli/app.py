@@ -210,13 +210,36 @@ def status(
         raise typer.Exit(0) from None
 
 
+LINES_HELP = "How many of the last lines to show [default: 50; with --since, all]."
+SINCE_HELP = "Only lines written since a duration ago (10m, 1h30m) or a time (07:30, 2026-11-27 07:30)."
+
+
 @app.command()
 def logs(
     names: Annotated[
         Optional[list[str]], typer.Argument(help="Instance names (default: all).", show_default=False)
     ] = None,
     follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing new lines.")] = False,
-    lines: Annotated[int, typer.Option("--lines", "-n", help="How many of the last lines to show.", min=0)] = 50,
+    lines: Annotated[
+        Optional[int],
+        typer.Option(
+            "--lines",
+            "-n",
+            help="How many of the last lines to show [default: 50, all with --since].",
+            min=0,
+            show_default=False,
+        ),
+    ] = None,  # fmt: skip
+    since: Annotated[
+        Optional[str],
+        typer.Option(
+            "--since", help="Only lines written since a duration ago (10m, 1h) or a time (07:30).", show_default=False
+        ),
+    ] = None,  # fmt: skip
+    no_prefix: Annotated[bool, typer.Option("--no-prefix", help="No `NAME |` before each line.")] = False,
+    probes: Annotated[
+        bool, typer.Option("--probes", help="Show the health-check requests servers log (hidden by default).")
+    ] = False,
     file: LongFileOption = None,
     raw: Annotated[
         bool, typer.Option("--raw", help="Pass control characters to the terminal as the server printed them.")
@@ -225,32 +248,41 @@ def logs(
     """Print the last lines of instance logs, or follow them; several interleave with a name prefix.
 
     On a terminal, control characters a server printed are shown as escapes (\\x1b...), never obeyed."""
+    from ..backends import backend_for
     from ..logfiles import follow as follow_logs
-    from ..logfiles import last_lines
+    from ..logfiles import last_lines, lines_since, parse_since
 
+    try:
+        since_epoch = parse_since(since) if since is not None else None
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
     paths = StatePaths.default()
     config = _config(file)
     specs = config.select(list(names or []))  # no names: every instance, as `docker compose logs`
     files = {spec.name: paths.log_file(spec.name) for spec in specs}
     if not files:
         return
-    prefix = len(files) > 1
-    width = max(len(name) for name in files)
+    noise = {spec.name: backend_for(spec.backend).is_probe_noise for spec in specs}
+    emit = render.log_emitter(sys.stdout, list(files), prefix=len(files) > 1 and not no_prefix, raw=raw)
 
-    write = render.line_writer(sys.stdout, raw)
-
-    def emit(name: str, line: str) -> None:
-        write(f"{name.ljust(width)} | {line}" if prefix else line)
-
-    if not follow:
-        for name, path in files.items():
-            for line in last_lines(path, lines):
-                emit(name, line)
-        return
-    try:
-        for name, line in follow_logs(files, lines):
+    def show(name: str, line: str) -> None:
+        if probes or not noise[name](line):
             emit(name, line)
+
+    try:
+        for name, path in files.items():
+            if since_epoch is not None:
+                chosen = lines_since(path, since_epoch)
+                backlog = chosen if lines is None else chosen[-lines:] if lines else []
+            else:
+                backlog = last_lines(path, 50 if lines is None else lines)
+            for line in backlog:
+                show(name, line)
+        if follow:
             sys.stdout.flush()
+            for name, line in follow_logs(files, 0):
+                show(name, line)
+                sys.stdout.flush()
     except KeyboardInterrupt:
         raise typer.Exit(0) from None
     except BrokenPipeError:

@@ -245,6 +245,32 @@ def _escape(char: str) -> str:
     return repr(char)[1:-1] if code < 0x10000 else char
 
 
+PREFIX_STYLES = ("36", "33", "32", "35", "34", "96", "93", "92", "95", "94")  # ANSI colours, as compose cycles them
+
+
+def log_emitter(stream: TextIO, names: list[str], *, prefix: bool, raw: bool) -> Callable[[str, str], None]:
+    """(name, line) -> the line, after a `NAME |` prefix when several logs interleave; the prefix is
+    coloured per instance on a terminal (unless NO_COLOR), never off one."""
+    write = line_writer(stream, raw)
+    width = max((len(name) for name in names), default=0)
+    colour = (stream.isatty() or bool(os.environ.get("FORCE_COLOR"))) and not os.environ.get("NO_COLOR")
+    prefixes = {}
+    for index, name in enumerate(names):
+        text = f"{name.ljust(width)} | "
+        prefixes[name] = f"\x1b[{PREFIX_STYLES[index % len(PREFIX_STYLES)]}m{text}\x1b[0m" if colour else text
+
+    def emit(name: str, line: str) -> None:
+        if not prefix:
+            write(line)
+        elif colour:  # the prefix is ours: only the line is made safe
+            stream.write(prefixes[name])
+            write(line)
+        else:
+            write(prefixes[name] + line)
+
+    return emit
+
+
 def line_writer(stream: TextIO, raw: bool) -> Callable[[str], None]:
     """Write outside text: shown safely on a terminal (unless `raw`); off one, its bytes unchanged."""
     terminal = stream.isatty() and not raw
