@@ -44,7 +44,7 @@ complete -c llmctl -n "__fish_seen_subcommand_from status" -s w -l watch -d 'Ref
 complete -c llmctl -n "__fish_seen_subcommand_from status" -l interval -r -d 'Seconds between refreshes with --watch'
 complete -c llmctl -n "__fish_seen_subcommand_from logs" -a '(__llmctl_instances)'
 complete -c llmctl -n "__fish_seen_subcommand_from logs" -s f -l follow -d 'Keep printing new lines'
-complete -c llmctl -n "__fish_seen_subcommand_from logs" -s n -l lines -r -d 'How many of the last lines to show (default'
+complete -c llmctl -n "__fish_seen_subcommand_from logs" -s n -l lines -r -d 'How many of the last lines to show'
 complete -c llmctl -n "__fish_seen_subcommand_from logs" -l since -r -d 'Only lines written since a duration ago'
 complete -c llmctl -n "__fish_seen_subcommand_from logs" -l no-prefix -d 'No `NAME |` before each line'
 complete -c llmctl -n "__fish_seen_subcommand_from logs" -l probes -d 'Show the health-check requests servers log'

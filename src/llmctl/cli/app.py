@@ -35,18 +35,11 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
-FileOption = Annotated[
-    Optional[Path],
-    typer.Option(
-        "--file", "-f", help="Config file (default: $LLMCTL_CONFIG, then ./instances.yaml).", show_default=False
-    ),
-]
-LongFileOption = Annotated[
-    Optional[Path],
-    typer.Option("--file", help="Config file (default: $LLMCTL_CONFIG, then ./instances.yaml).", show_default=False),
-]
+FILE_HELP = "Config file (default: $LLMCTL_CONFIG, then ./instances.yaml, then the running supervisor's)."
+FileOption = Annotated[Optional[Path], typer.Option("--file", "-f", help=FILE_HELP, show_default=False, metavar="FILE")]
+LongFileOption = Annotated[Optional[Path], typer.Option("--file", help=FILE_HELP, show_default=False, metavar="FILE")]
 NamesArgument = Annotated[
-    Optional[list[str]], typer.Argument(help="Instance names (default: all).", show_default=False)
+    Optional[list[str]], typer.Argument(help="Instance names (default: all).", show_default=False, metavar="NAME")
 ]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 
@@ -99,7 +92,9 @@ def up(
     no_wait: Annotated[bool, typer.Option("--no-wait", help="Return once the starts are requested.")] = False,
     timeout: Annotated[
         Optional[float],
-        typer.Option("--timeout", help="Give up waiting after this many seconds.", min=0, show_default=False),
+        typer.Option(
+            "--timeout", help="Give up waiting after this many seconds.", min=0, show_default=False, metavar="SECONDS"
+        ),
     ] = None,
     foreground: Annotated[
         bool,
@@ -131,7 +126,9 @@ def wait(
     names: NamesArgument = None,
     timeout: Annotated[
         Optional[float],
-        typer.Option("--timeout", help="Give up after this many seconds (exit 1).", min=0, show_default=False),
+        typer.Option(
+            "--timeout", help="Give up after this many seconds (exit 1).", min=0, show_default=False, metavar="SECONDS"
+        ),
     ] = None,
     json_output: JsonOption = False,
 ) -> None:
@@ -182,7 +179,7 @@ def status(
     json_output: JsonOption = False,
     watch: Annotated[bool, typer.Option("--watch", "-w", help="Refresh until Ctrl-C.")] = False,
     interval: Annotated[
-        float, typer.Option("--interval", help="Seconds between refreshes with --watch.", min=0.1)
+        float, typer.Option("--interval", help="Seconds between refreshes with --watch.", min=0.1, metavar="SECONDS")
     ] = 1.0,
 ) -> None:
     """Show each instance: state, PID, URL, uptime, restarts, memory, CPU, health."""
@@ -198,9 +195,11 @@ def status(
         if sys.stdout.isatty() and not json_output:
             from rich.live import Live
 
-            with Live(console=_stdout_console(), refresh_per_second=4) as live:
+            console = _stdout_console()
+            with Live(console=console, refresh_per_second=4, transient=False) as live:
                 while True:
-                    live.update(render.rich_table(service.status(paths, config_path, wanted)))
+                    document = service.status(paths, config_path, wanted)
+                    live.update(render.rich_table(document, console.width, bars=True))
                     time.sleep(interval)
         while True:
             render.write_status(service.status(paths, config_path, wanted), as_json=json_output)
@@ -210,32 +209,22 @@ def status(
         raise typer.Exit(0) from None
 
 
-LINES_HELP = "How many of the last lines to show [default: 50; with --since, all]."
+LINES_HELP = "How many of the last lines to show (default: 50; with --since, all)."
 SINCE_HELP = "Only lines written since a duration ago (10m, 1h30m) or a time (07:30, 2026-11-27 07:30)."
 
 
 @app.command()
 def logs(
     names: Annotated[
-        Optional[list[str]], typer.Argument(help="Instance names (default: all).", show_default=False)
+        Optional[list[str]], typer.Argument(help="Instance names (default: all).", show_default=False, metavar="NAME")
     ] = None,
     follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing new lines.")] = False,
     lines: Annotated[
-        Optional[int],
-        typer.Option(
-            "--lines",
-            "-n",
-            help="How many of the last lines to show [default: 50, all with --since].",
-            min=0,
-            show_default=False,
-        ),
-    ] = None,  # fmt: skip
+        Optional[int], typer.Option("--lines", "-n", help=LINES_HELP, min=0, show_default=False, metavar="N")
+    ] = None,
     since: Annotated[
-        Optional[str],
-        typer.Option(
-            "--since", help="Only lines written since a duration ago (10m, 1h) or a time (07:30).", show_default=False
-        ),
-    ] = None,  # fmt: skip
+        Optional[str], typer.Option("--since", help=SINCE_HELP, show_default=False, metavar="WHEN")
+    ] = None,
     no_prefix: Annotated[bool, typer.Option("--no-prefix", help="No `NAME |` before each line.")] = False,
     probes: Annotated[
         bool, typer.Option("--probes", help="Show the health-check requests servers log (hidden by default).")
@@ -306,7 +295,7 @@ def down(names: NamesArgument = None, file: FileOption = None, json_output: Json
 
 @app.command()
 def restart(
-    names: Annotated[list[str], typer.Argument(help="Instance names.")],
+    names: Annotated[list[str], typer.Argument(help="Instance names.", metavar="NAME")],
     file: FileOption = None,
     json_output: JsonOption = False,
 ) -> None:
@@ -318,7 +307,7 @@ def restart(
 
 @app.command()
 def url(
-    name: Annotated[str, typer.Argument(help="Instance name, or `gateway`.", show_default=False)],
+    name: Annotated[str, typer.Argument(help="Instance name, or `gateway`.", show_default=False, metavar="NAME")],
     file: FileOption = None,
 ) -> None:
     """Print an instance's base URL (from the config: no supervisor needed)."""
@@ -398,7 +387,9 @@ def doctor(file: FileOption = None, json_output: JsonOption = False) -> None:
 
 
 @app.command()
-def completion(shell: Annotated[str, typer.Argument(help="bash, zsh or fish.", show_default=False)]) -> None:
+def completion(
+    shell: Annotated[str, typer.Argument(help="bash, zsh or fish.", show_default=False, metavar="SHELL")],
+) -> None:
     """Print the shell completion script (instance names complete from the config in use)."""
     from .completion import SHELLS, generate
 
@@ -412,6 +403,28 @@ def _names(file: FileOption = None) -> None:
     """Instance names of the config in use, one a line (for shell completion)."""
     for name in _config(file).names:
         print(name)
+
+
+class _Command(typer.core.TyperCommand):
+    """Help that reads like a man page: a flag shows no `<bool>`, a value its metavar only."""
+
+    def get_params(self, ctx: Any) -> list[Any]:
+        params = super().get_params(ctx)
+        for param in params:
+            if param.param_type_name == "argument":
+                param.display_type_rich = lambda ctx: None  # its name (NAME...) says it all
+            elif getattr(param, "is_flag", False) and param.metavar is None:
+                param.metavar = ""
+        return params
+
+
+class _Group(typer.core.TyperGroup, _Command):  # type: ignore[misc]
+    pass
+
+
+app.info.cls = _Group
+for _info in app.registered_commands:
+    _info.cls = _Command
 
 
 def run() -> None:

@@ -143,10 +143,52 @@ def write_plain_table(instances: list[dict[str, Any]], out: TextIO = sys.stdout,
         out.write(footer + "\n")
 
 
-def rich_table(status: dict[str, Any]) -> Any:
+# Dropped first when the terminal is narrow; NAME, STATE and HEALTH (where reasons show) never are.
+DROP_ORDER = ("ESTIMATE", "CPU", "BACKEND", "PID", "RESTARTS", "UPTIME", "MODEL", "URL", "MEMORY")
+KEPT = ("NAME", "STATE", "HEALTH")
+HEALTH_MIN_WIDTH = 24
+BAR_WIDTH = 8
+RIGHT_ALIGNED = ("PID", "RESTARTS", "MEMORY", "ESTIMATE", "CPU", "UPTIME")
+
+
+def fitting_columns(rows: list[list[str]], width: int) -> list[str]:
+    """The columns a table of `width` characters shows: all when they fit, else without the least
+    useful ones, in DROP_ORDER, until the kept ones and a readable HEALTH fit (it wraps)."""
+    shown = list(COLUMNS)
+
+    def natural(column: str) -> int:
+        return max(len(column), *(len(cells[COLUMNS.index(column)]) for cells in rows))
+
+    def needed(columns: list[str]) -> int:
+        widths = [min(HEALTH_MIN_WIDTH, natural(c)) if c == "HEALTH" else natural(c) for c in columns]
+        return sum(widths) + 3 * len(columns) + 1  # Rich's padding and borders
+
+    for column in DROP_ORDER:
+        if needed(shown) <= width:
+            break
+        shown.remove(column)
+    return shown
+
+
+def memory_bar(instance: dict[str, Any], scale: int | None) -> str:
+    """`███░░░░░ 1.2 GiB pss`: the instance's memory against the budget (or the machine)."""
+    value = instance.get("memory_bytes")
+    if value is None or not scale:
+        return _memory_cell(instance)
+    filled = min(BAR_WIDTH, round(BAR_WIDTH * value / scale))
+    return "█" * filled + "░" * (BAR_WIDTH - filled) + " " + format_bytes(value)
+
+
+def rich_table(status: dict[str, Any], width: int | None = None, bars: bool = False) -> Any:
+    """The status table, fitted to `width` columns (the terminal's by default); `bars` draws each
+    instance's memory as a bar against the budget, as `status --watch` does."""
     from rich.table import Table
     from rich.text import Text
 
+    if width is None:
+        from rich.console import Console
+
+        width = Console().width
     supervisor = status.get("supervisor")
     caption = Text(
         f"supervisor pid {supervisor['pid']} · {supervisor.get('config') or 'no config'}"
@@ -155,19 +197,33 @@ def rich_table(status: dict[str, Any]) -> Any:
     )
     memory = system_line(status)
     if memory:
-        caption.append("\n" + memory)
-    table = Table(caption=caption, caption_justify="left", header_style="bold")
-    for column in COLUMNS:
+        for line in memory.splitlines():  # a narrow terminal gets one part a line, never a word cut in two
+            caption.append("\n" + (line if len(line) <= width else line.replace(" · ", "\n  ")))
+    system = status.get("system") or {}
+    scale = system.get("memory_budget_bytes") or system.get("total_bytes")
+    rows = []
+    for instance in status.get("instances", []):
+        cells = row(instance)
+        if bars:
+            cells[COLUMNS.index("MEMORY")] = memory_bar(instance, scale)
+        rows.append(cells)
+    shown = fitting_columns(rows, width)
+    table = Table(caption=caption, caption_justify="left", header_style="bold", width=None)
+    for column in shown:
         table.add_column(
             column,
-            no_wrap=column not in ("HEALTH", "MODEL"),
-            justify="right" if column in ("PID", "RESTARTS", "MEMORY", "ESTIMATE", "CPU", "UPTIME") else "left",
+            no_wrap=column != "HEALTH",
+            overflow="fold",
+            min_width=min(HEALTH_MIN_WIDTH, max(len(cells[-1]) for cells in rows))
+            if column == "HEALTH" and rows
+            else None,
+            justify="right" if column in RIGHT_ALIGNED and not (bars and column == "MEMORY") else "left",
         )
-    for instance in status.get("instances", []):
+    for instance, cells in zip(status.get("instances", []), rows, strict=True):
         # Text, never a markup string: a model path or a server's error may hold "[/]".
-        cells = [Text(cell) for cell in row(instance)]
-        cells[3].stylize(STATE_STYLES.get(instance["state"], ""))
-        table.add_row(*cells)
+        texts = [Text(cells[COLUMNS.index(column)]) for column in shown]
+        texts[shown.index("STATE")].stylize(STATE_STYLES.get(instance["state"], ""))
+        table.add_row(*texts)
     return table
 
 
@@ -193,7 +249,8 @@ def write_status(status: dict[str, Any], *, as_json: bool, out: TextIO = sys.std
     elif out.isatty() or os.environ.get("FORCE_COLOR"):
         from rich.console import Console  # Rich itself honours NO_COLOR
 
-        Console(file=out, force_terminal=True if os.environ.get("FORCE_COLOR") else None).print(rich_table(status))
+        console = Console(file=out, force_terminal=True if os.environ.get("FORCE_COLOR") else None)
+        console.print(rich_table(status, console.width))
     else:
         write_plain_table(status.get("instances", []), out, footer=system_line(status))
 
