@@ -28,7 +28,7 @@ def test_committed_completions_are_not_stale(shell):
 def test_every_visible_command_and_option_is_in_the_scripts():
     from llmctl.cli.completion import model
 
-    global_options, commands = model()
+    _, commands = model()
     bash = (ROOT / "completions" / "llmctl.bash").read_text()
     fish = (ROOT / "completions" / "llmctl.fish").read_text()
     for command in commands:

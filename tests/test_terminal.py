@@ -107,3 +107,37 @@ def test_up_on_a_terminal_shows_one_live_line_per_instance_with_its_phase(tmp_pa
     assert sum("slowpoke" in line for line in loading.splitlines()) == 1
     done = terminal.wait_for_text("EXITED 0", timeout=60)
     assert any("slowpoke" in line and "healthy" in line for line in done.splitlines())
+
+
+def test_up_foreground_streams_logs_above_the_live_table(tmp_path, terminal):
+    port = free_port()
+    write_config(tmp_path, "instances:" + command_instance("ticker", port, "--tick", "0.3"))
+    terminal.start(f"{LLMCTL} up --foreground")
+    terminal.wait_for_text("ticker | tick 5", timeout=60)
+    screen = terminal.screen()
+    table_top = next(index for index, line in enumerate(screen.splitlines()) if "NAME" in line and "STATE" in line)
+    log_lines = [index for index, line in enumerate(screen.splitlines()) if "ticker | tick" in line]
+    assert log_lines and max(log_lines) < table_top  # the logs scroll above, the table stays below
+    assert all(len(line) <= 80 for line in screen.splitlines())
+    terminal.keys("C-c")
+    terminal.wait_for_text("EXITED 130", timeout=30)
+
+
+def test_up_foreground_off_a_terminal_prints_prefixed_logs(tmp_path, state_dir):
+    import signal
+
+    port = free_port()
+    write_config(tmp_path, "instances:" + command_instance("ticker", port, "--tick", "0.2"))
+    foreground = subprocess.Popen(
+        [LLMCTL, "up", "--foreground"], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        seen = []
+        while not any(line.startswith("ticker | tick 3") for line in seen):
+            seen.append(foreground.stdout.readline().rstrip("\n"))
+            assert seen[-1] or foreground.poll() is None
+        foreground.send_signal(signal.SIGINT)
+        assert foreground.wait(timeout=30) == 130
+    finally:
+        foreground.kill()
+    assert "\x1b[" not in "".join(seen)

@@ -212,12 +212,19 @@ def follow(paths: dict[str, Path], backlog: int) -> Iterator[tuple[str, str]]:
     for name, path in paths.items():
         for line in last_lines(path, backlog):
             yield name, line
-    followers = {name: _Follower(path, from_end=True) for name, path in paths.items()}
+    tail = Tail(paths)
     while True:
-        quiet = True
-        for name, follower in followers.items():
-            for line in follower.read_lines():
-                quiet = False
-                yield name, line
-        if quiet:
+        lines = tail.read()
+        yield from lines
+        if not lines:
             time.sleep(FOLLOW_POLL)
+
+
+class Tail:
+    """New lines of several logs, from now on, each time `read` is called (it never waits)."""
+
+    def __init__(self, paths: dict[str, Path]) -> None:
+        self.followers = {name: _Follower(path, from_end=True) for name, path in paths.items()}
+
+    def read(self) -> list[tuple[str, str]]:
+        return [(name, line) for name, follower in self.followers.items() for line in follower.read_lines()]

@@ -157,12 +157,26 @@ def _run_foreground(paths: StatePaths, config: Config, names: list[str], force: 
     )
 
     async def supervise(supervisor: Any) -> None:
+        from ..logfiles import Tail
+
+        specs = config.select(names)
+        tail = Tail({spec.name: paths.log_file(spec.name) for spec in specs})
+        await supervisor.up(config, names, force=force)
+        if not sys.stdout.isatty():  # a pipe or a file: the logs, as `docker compose up` prints them
+            emit = render.log_emitter(sys.stdout, [spec.name for spec in specs], prefix=True, raw=False)
+            while True:
+                for name, line in tail.read():
+                    emit(name, line)
+                sys.stdout.flush()
+                await asyncio.sleep(0.25)
         from rich.live import Live
 
-        await supervisor.up(config, names, force=force)
-        with Live(console=_stdout_console(), refresh_per_second=4) as live:
+        console = _stdout_console()
+        with Live(console=console, refresh_per_second=4) as live:  # logs scroll above, the table stays below
             while True:
-                live.update(render.rich_table(supervisor.status()))
+                for name, line in tail.read():
+                    live.console.print(render.log_text(name, line, [spec.name for spec in specs]))
+                live.update(render.rich_table(supervisor.status(), console.width))
                 await asyncio.sleep(0.25)
 
     try:

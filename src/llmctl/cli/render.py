@@ -328,6 +328,16 @@ def log_emitter(stream: TextIO, names: list[str], *, prefix: bool, raw: bool) ->
     return emit
 
 
+def log_text(name: str, line: str, names: list[str]) -> Any:
+    """A log line as Rich Text under `up --foreground`'s live table: coloured prefix, line made safe."""
+    from rich.text import Text
+
+    index = names.index(name) if name in names else 0
+    colours = ("cyan", "yellow", "green", "magenta", "blue", "bright_cyan", "bright_yellow", "bright_green")
+    width = max((len(each) for each in names), default=len(name))
+    return Text(f"{name.ljust(width)} | ", style=colours[index % len(colours)]) + Text(visible(line))
+
+
 def line_writer(stream: TextIO, raw: bool) -> Callable[[str], None]:
     """Write outside text: shown safely on a terminal (unless `raw`); off one, its bytes unchanged."""
     terminal = stream.isatty() and not raw
