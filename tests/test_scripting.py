@@ -48,3 +48,46 @@ def test_check_warns_about_a_program_that_is_not_installed(tmp_path):
     )
     result = llmctl("check", cwd=tmp_path)
     assert result.returncode == 0 and "ghost: command: program 'no-such-server-xyz' not found" in result.stderr
+
+
+def test_dev_setup_example_starts_the_fleet_and_hands_the_urls_to_the_app(tmp_path, state_dir):
+    """examples/dev-setup.sh as a dev script runs it: the app it starts reaches the server with curl."""
+    import os
+    from pathlib import Path
+
+    from .helpers import ROOT
+
+    port = free_port()
+    config = write_config(tmp_path, "instances:" + command_instance("chat-model", port))
+    path = f"{Path(LLMCTL).parent}{os.pathsep}{os.environ['PATH']}"
+    app = 'curl -sf "$LLMCTL_CHAT_MODEL_URL/health"'
+    env = {**os.environ, "PATH": path, "LLMCTL_CONFIG": str(config)}
+    ran = subprocess.run(
+        ["bash", str(ROOT / "examples" / "dev-setup.sh"), "bash", "-c", app],
+        cwd=tmp_path, capture_output=True, text=True, env=env, timeout=120,
+    )  # fmt: skip
+    assert ran.returncode == 0, ran.stderr
+    assert "ok" in ran.stdout  # the fake server's /health body, fetched by the "app"
+    again = subprocess.run(
+        ["bash", str(ROOT / "examples" / "dev-setup.sh")], cwd=tmp_path, capture_output=True, text=True, env=env,
+        timeout=120,
+    )  # fmt: skip
+    assert again.returncode == 0 and f"LLMCTL_CHAT_MODEL_URL=http://127.0.0.1:{port}" in again.stdout
+
+
+def test_dev_setup_example_fails_when_an_instance_fails(tmp_path, state_dir):
+    import os
+    from pathlib import Path
+
+    from .helpers import ROOT
+
+    config = write_config(
+        tmp_path,
+        "instances:" + command_instance("bad", free_port(), "--exit-at-once", "2", extra="    restart: {policy: no}\n"),
+    )
+    env = {**os.environ, "PATH": f"{Path(LLMCTL).parent}{os.pathsep}{os.environ['PATH']}", "LLMCTL_CONFIG": str(config)}
+    ran = subprocess.run(
+        ["bash", str(ROOT / "examples" / "dev-setup.sh"), "echo", "app started"],
+        cwd=tmp_path, capture_output=True, text=True, env=env, timeout=120,
+    )  # fmt: skip
+    assert ran.returncode == 1 and "app started" not in ran.stdout and "bad" in ran.stderr
