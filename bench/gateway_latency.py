@@ -21,10 +21,30 @@ from pathlib import Path
 
 import httpx
 from common import BIN, free_port, tiny_llama
-from lifecycle import direct_ready
 
 ASK = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 1}
 LITELLM = Path(os.environ.get("LITELLM", "/tmp/litellm-venv")) / "bin" / "litellm"
+
+
+def direct_ready(binary: str, model: Path) -> float:
+    """Seconds until a llama-server started directly answers /health (polled every 5 ms)."""
+    port = free_port()
+    started = time.perf_counter()
+    server = subprocess.Popen(
+        [binary, "-m", str(model), "--port", str(port), "-c", "256"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        with httpx.Client(trust_env=False, timeout=1) as client:
+            while True:
+                try:
+                    if client.get(f"http://127.0.0.1:{port}/health").status_code == 200:
+                        return time.perf_counter() - started
+                except httpx.HTTPError:
+                    pass
+                time.sleep(0.005)
+    finally:
+        server.terminate()
+        server.wait()
 
 
 def latencies(url: str, model: str, count: int) -> list[float]:

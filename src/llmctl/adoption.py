@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 from . import state
 from .errors import LlmctlError
 from .process import ProcessHandle
-from .runner import Adoption, Runner
+from .runner import Adoption, Runner, new_runner
 from .spec import Config, InstanceSpec
 from .states import State
 
@@ -56,13 +56,13 @@ def _runner_from(supervisor: Supervisor, record: state.InstanceRecord) -> Runner
         log.warning("state for %s is unreadable (%s); not adopting pid %s", record.name, exc, record.pid)
         return None
     if not record.pid:  # it was waiting to start again (backoff) when the supervisor died
-        return Runner(spec, supervisor.services) if record.wanted else None
+        return new_runner(spec, supervisor.services) if record.wanted else None
     handle = ProcessHandle(record.pid, record.create_time)
     if not handle.is_alive():
         log.info("%s: recorded pid %s is gone; not adopting", record.name, record.pid)
         return None
     adoption = Adoption(handle, record.pgid or record.pid, record.started_at, record.restarts)
-    return Runner(spec, supervisor.services, adoption)
+    return new_runner(spec, supervisor.services, adoption)
 
 
 async def _resume_gateway(supervisor: Supervisor, saved: dict[str, Any] | None) -> None:

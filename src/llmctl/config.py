@@ -105,8 +105,33 @@ class InstanceModel(_Strict):
     on_demand: bool = False
     ttl: Seconds | None = None
     max_queue: Annotated[int, Field(ge=0)] = 10
+    # backend `external`: the URL of a server llmctl attaches to (never starts), and what kind it is.
+    url: str | None = None
+    kind: Literal["lmstudio", "gpt4all", "localai", "ollama", "llama.cpp", "openai"] | None = None
     # Filled in by the loader, not by users: the folder relative paths resolve against.
     workdir: str = ""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _address_from_url(cls, data: Any) -> Any:
+        """An external server's host and port come from its `url` (given, they must agree with it)."""
+        if not isinstance(data, Mapping) or data.get("backend") != "external" or not isinstance(data.get("url"), str):
+            return data
+        from urllib.parse import urlsplit
+
+        try:
+            parts = urlsplit(data["url"])
+            port = parts.port or (443 if parts.scheme == "https" else 80)
+        except ValueError as exc:
+            raise ValueError(f"url: {exc}") from None
+        if parts.scheme != "http" or not parts.hostname or parts.path not in ("", "/") or parts.query:
+            raise ValueError(f"url: must be a server's base URL like http://127.0.0.1:1234 (got {data['url']!r})")
+        filled = dict(data)
+        filled.setdefault("port", port)
+        filled.setdefault("host", parts.hostname)
+        if (filled["port"], filled["host"]) != (port, parts.hostname):
+            raise ValueError(f"url: {data['url']!r} disagrees with host/port {filled['host']}:{filled['port']}")
+        return filled
 
     @field_validator("name")
     @classmethod
@@ -172,6 +197,15 @@ class InstanceModel(_Strict):
 
     @model_validator(mode="after")
     def _backend_fields(self) -> InstanceModel:
+        external = self.backend == "external"
+        if external and self.url is None:
+            raise ValueError("backend 'external' needs `url:` (where the server answers, e.g. http://127.0.0.1:1234)")
+        if not external and (self.url is not None or self.kind is not None):
+            raise ValueError("`url:` and `kind:` are for backend 'external' (a server llmctl does not start)")
+        if external and (self.on_demand or self.args or self.env):
+            raise ValueError("an external server is not started by llmctl: on_demand, args and env do not apply")
+        if external:
+            return self
         if self.backend == "command" and self.command is None:
             raise ValueError("backend 'command' needs `command:` (the server's command line)")
         if self.backend != "command" and self.command is not None:
@@ -277,7 +311,9 @@ class ConfigModel(_Strict):
     def to_spec(self) -> Config:
         return Config(
             path=self.path,
-            instances=tuple(InstanceSpec.from_dict(instance.model_dump()) for instance in self.instances),
+            instances=tuple(
+                InstanceSpec.from_dict(instance.model_dump(exclude={"url"})) for instance in self.instances
+            ),
             binaries=dict(self.binaries),
             log_max_bytes=self.logs.max_bytes,
             log_backups=self.logs.backups,

@@ -68,6 +68,8 @@ def _programs(config: Config) -> list[Finding]:
     findings, seen = [], set()
     for spec in config.instances:
         backend = backend_for(spec.backend)
+        if spec.external:
+            continue  # its own app runs it
         try:
             argv = backend.find_program(config.binaries.get(spec.backend)) if spec.backend != "command" else []
             if spec.backend == "command":
@@ -111,9 +113,9 @@ def program_version(argv: list[str]) -> str | None:
 
 
 def _ports(config: Config, running: dict[str, Any]) -> list[Finding]:
-    findings = []
+    findings = [_external(spec) for spec in config.instances if spec.external]
     ours = {instance["port"]: instance for instance in running.get("instances", []) if instance.get("pid")}
-    listeners = [(spec.name, spec.host, spec.port) for spec in config.instances]
+    listeners = [(spec.name, spec.host, spec.port) for spec in config.instances if not spec.external]
     if config.gateway is not None:
         listeners.append(("gateway", config.gateway.host, config.gateway.port))
     for name, host, port in listeners:
@@ -131,11 +133,28 @@ def _ports(config: Config, running: dict[str, Any]) -> list[Finding]:
     return findings
 
 
+def _external(spec: InstanceSpec) -> Finding:
+    """An attached server must be up already: llmctl cannot start it."""
+    url = backend_for(spec.backend).liveness_url(spec)
+    try:
+        import httpx
+
+        answer = httpx.get(url, timeout=2.0, trust_env=False).status_code
+    except Exception as exc:  # any failure to connect is the finding
+        answer = None
+        detail = str(exc) or type(exc).__name__
+    if answer is not None and 200 <= answer < 300:
+        return Finding("external", f"{spec.name} {spec.url}", OK, f"answers at {url}")
+    said = f"HTTP {answer}" if answer is not None else detail
+    fix = f"start its server in its own app (kind {spec.kind or 'openai'}), or fix `url:` in the config"
+    return Finding("external", f"{spec.name} {spec.url}", WARNING, f"no answer at {url} ({said})", fix)
+
+
 # -- models --------------------------------------------------------------------------------
 
 
 def _model(spec: InstanceSpec) -> list[Finding]:
-    if not spec.model:
+    if not spec.model or spec.external:
         return []
     subject = f"{spec.name}: {spec.model}"
     problem = backend_for(spec.backend).check_spec(spec)

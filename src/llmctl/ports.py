@@ -22,6 +22,19 @@ def port_is_free(host: str, port: int) -> bool:
     return True
 
 
+def listener_pid(port: int) -> int | None:
+    """The PID listening on TCP `port`, when this user may see it (on Linux, another user's
+    listener shows no PID; on macOS only the user's own processes are listed without root)."""
+    import psutil
+
+    try:
+        connections = psutil.net_connections(kind="tcp")
+    except (psutil.AccessDenied, OSError):
+        return None
+    listening = (c for c in connections if c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == port)
+    return next((connection.pid for connection in listening if connection.pid is not None), None)
+
+
 def port_holder(port: int) -> str | None:
     """'NAME (pid N)' of the process listening on `port`, when this user may see it."""
     import psutil

@@ -427,3 +427,12 @@ class Runner:
         from .instancestatus import describe
 
         return describe(self.spec, self, str(self.services.paths.log_file(self.name)))
+
+
+def new_runner(spec: InstanceSpec, services: Services, adoption: Adoption | None = None) -> Runner:
+    """The runner for `spec`: one that attaches for an external server, one that owns the process otherwise."""
+    if spec.external:
+        from .external import ExternalRunner
+
+        return ExternalRunner(spec, services)
+    return Runner(spec, services, adoption)

@@ -223,6 +223,8 @@ def start_warnings(config: Config) -> list[str]:
 
     found = []
     for spec in config.instances:
+        if spec.external:
+            continue  # its own app starts it
         try:
             command_line(spec, config.binaries)
         except StartError as exc:

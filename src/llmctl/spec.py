@@ -54,6 +54,7 @@ class InstanceSpec:
     on_demand: bool = False
     ttl: float | None = None
     max_queue: int = 10
+    kind: str | None = None  # backend `external`: what kind of server it is (its readiness path)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> InstanceSpec:
@@ -78,6 +79,11 @@ class InstanceSpec:
     @property
     def url(self) -> str:
         return f"http://{connect_host(self.host)}:{self.port}"
+
+    @property
+    def external(self) -> bool:
+        """A server llmctl attaches to but never starts or signals."""
+        return self.backend == "external"
 
     def health_url(self, default_path: str) -> str:
         if self.health.url:

@@ -22,7 +22,7 @@ from .errors import ConfigError
 from .httpclient import HttpClient
 from .loghub import LogHub
 from .memory import own_rss, system_summary
-from .runner import Runner, Services
+from .runner import Runner, Services, new_runner
 from .sampler import Sampler
 from .spec import Config, GatewaySpec, InstanceSpec
 from .states import PENDING, RUNNING, WANTED_RUNNING, State
@@ -101,8 +101,11 @@ class Supervisor:
                 self.runners.pop(name).forget()
 
     def runner_for(self, spec: InstanceSpec) -> Runner:
+        existing = self.runners.get(spec.name)
+        if existing is not None and existing.spec.external != spec.external and existing.state is State.STOPPED:
+            self.runners.pop(spec.name).forget()  # now attached instead of started, or the other way round
         if spec.name not in self.runners:
-            self.runners[spec.name] = Runner(spec, self.services)
+            self.runners[spec.name] = new_runner(spec, self.services)
         return self.runners[spec.name]
 
     async def up(self, config: Config, names: list[str], force: bool = False) -> dict[str, Any]:
@@ -122,6 +125,9 @@ class Supervisor:
         await self.set_gateway(config.gateway)
         for spec in to_start:
             reason = "config changed: recreating" if actions[spec.name] == "recreated" else "up"
+            current = self.runners.get(spec.name)
+            if current is not None and current.spec.external != spec.external:
+                await current.request("stop", reason)  # started <-> attached: another kind of runner
             await self.runner_for(spec).request("start", reason, spec)
         for spec in selected:
             self.runner_for(spec)  # known, so the gateway can start it and `status` shows it

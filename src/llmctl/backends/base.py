@@ -67,6 +67,10 @@ class Backend(ABC):
             return [found]
         raise BinaryNotFound(f"{self.name}: {self.program!r} not found on PATH. {self.install_hint}")
 
+    def upstream_model(self, spec: InstanceSpec) -> str | None:
+        """The `model` the gateway puts in a request for this instance (None: leave it out)."""
+        return spec.name  # llmctl passes `--alias NAME` where the server has one
+
     def version_command(self, program: list[str]) -> list[str]:
         """A command that prints the server's version (`llmctl doctor` shows it)."""
         return [*program, "--version"]

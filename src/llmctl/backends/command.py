@@ -40,6 +40,9 @@ class CommandBackend(Backend):
             return []
         return [huggingface_repo_folder(model, env)]
 
+    def upstream_model(self, spec: InstanceSpec) -> str | None:
+        return spec.model or spec.name  # the name the server itself serves, when the config gives one
+
     def liveness_url(self, spec: InstanceSpec) -> str:
         return spec.health_url("/v1/models")
 

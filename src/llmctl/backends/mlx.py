@@ -58,6 +58,10 @@ class MlxBackend(Backend):
             return [str(beside)]
         return super().find_program(None)
 
+    def upstream_model(self, spec: InstanceSpec) -> str | None:
+        """None: mlx_lm.server reads any name but its own as a repository to download and swap to."""
+        return None
+
     def version_command(self, program: list[str]) -> list[str]:
         """mlx_lm.server has no --version: ask the Python that runs it (its script's #! line)."""
         try:

@@ -28,6 +28,9 @@ class OllamaBackend(Backend):
         """GIN's access line for a probe: `[GIN] ... | 200 | ... | GET      "/api/version"`."""
         return "| 200 |" in line and line.rstrip().endswith(('"/api/version"', '"/api/ps"'))
 
+    def upstream_model(self, spec: InstanceSpec) -> str | None:
+        return spec.model
+
     def command(self, spec: InstanceSpec, program: list[str]) -> list[str]:
         return [*program, "serve", *spec.args]
 

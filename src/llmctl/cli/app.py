@@ -419,6 +419,100 @@ def _names(file: FileOption = None) -> None:
         print(name)
 
 
+@app.command("export")
+def export_config(
+    kind: Annotated[str, typer.Argument(help="kubernetes or compose.", show_default=False, metavar="KIND")],
+    file: FileOption = None,
+    out: Annotated[
+        Optional[Path], typer.Option("--output", "-o", help="Write into this folder (default: print).", metavar="DIR")
+    ] = None,
+    image: Annotated[
+        Optional[list[str]],
+        typer.Option("--image", help="NAME=IMAGE for an instance or a backend (repeatable).", metavar="NAME=IMAGE"),
+    ] = None,
+) -> None:
+    """Render the config as Kubernetes manifests or a compose file (what it cannot say is marked REPLACE-ME)."""
+    from .. import export
+
+    if kind not in ("kubernetes", "compose"):
+        raise ConfigError(f"unknown export {kind!r}: llmctl exports kubernetes or compose")
+    images = {}
+    for item in image or []:
+        name, _, value = item.partition("=")
+        if not name or not value:
+            raise ConfigError(f"--image {item!r}: give NAME=IMAGE (an instance or backend name)")
+        images[name] = value
+    files = export.render(kind, _config(file), images)
+    if out is None:
+        for text in files.values():
+            sys.stdout.write(text)
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    for name, text in files.items():
+        (out / name).write_text(text)
+        print(f"wrote {out / name}")
+
+
+service_app = typer.Typer(
+    help="Start the fleet at login: a launchd agent (macOS) or a systemd user unit (Linux).",
+    no_args_is_help=True,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+app.add_typer(service_app, name="service")
+PlatformOption = Annotated[
+    Optional[str],
+    typer.Option("--platform", help="macos or linux (default: this machine's).", show_default=False, metavar="OS"),
+]
+
+
+def _service_plan(file: Path | None, platform: str | None) -> Any:
+    from .. import loginservice
+
+    config = _config(file)  # a service for a config that does not load would only fail at login
+    return loginservice.plan(platform or loginservice.current_platform(), Path(config.path), StatePaths.default().root)
+
+
+@service_app.command("install")
+def service_install(
+    file: FileOption = None,
+    no_start: Annotated[bool, typer.Option("--no-start", help="Write the file only; load it yourself.")] = False,
+    platform: PlatformOption = None,
+) -> None:
+    """Write the agent or unit for this config and load it: the servers start now and at each login."""
+    from .. import loginservice
+
+    target = _service_plan(file, platform)
+    ran = loginservice.install(target, start=not no_start)
+    print(f"wrote {target.path}")
+    for command in ran:
+        print(f"ran: {command}")
+    if no_start:
+        print("load it with: " + " && ".join(" ".join(command) for command in target.load))
+
+
+@service_app.command("uninstall")
+def service_uninstall(platform: PlatformOption = None) -> None:
+    """Stop the service (and so its servers) and remove its file."""
+    from .. import loginservice
+
+    target = loginservice.plan(platform or loginservice.current_platform(), Path("/"), StatePaths.default().root)
+    existed, ran = loginservice.uninstall(target)
+    for command in ran:
+        print(f"ran: {command}")
+    print(f"removed {target.path}" if existed else f"not installed ({target.path} does not exist)")
+
+
+@service_app.command("status")
+def service_status(platform: PlatformOption = None) -> None:
+    """Whether the login service is installed, and what the service manager says of it (exit 1: not installed)."""
+    from .. import loginservice
+
+    target = loginservice.plan(platform or loginservice.current_platform(), Path("/"), StatePaths.default().root)
+    installed, said = loginservice.status(target)
+    print(said)
+    raise typer.Exit(0 if installed else EXIT_FAILED)
+
+
 class _Command(typer.core.TyperCommand):
     """Help that reads like a man page: a flag shows no `<bool>`, a value its metavar only."""
 
@@ -436,9 +530,10 @@ class _Group(typer.core.TyperGroup, _Command):  # type: ignore[misc]
     pass
 
 
-app.info.cls = _Group
-for _info in app.registered_commands:
-    _info.cls = _Command
+for _typer in (app, service_app):
+    _typer.info.cls = _Group
+    for _info in _typer.registered_commands:
+        _info.cls = _Command
 
 
 def run() -> None:

@@ -282,15 +282,15 @@ def model_of(content_type: str, body: bytes) -> tuple[bool, str]:
 
 
 def rewrite(spec: InstanceSpec, is_json: bool, body: bytes) -> bytes:
-    """The body as the upstream must see it: the model name it serves. mlx_lm.server reads any other
-    name as a repository to download and swap to, so it gets none (its default model)."""
+    """The body as the upstream must see it: the model name it serves (its backend says which)."""
     if not is_json:
         return body
+    from ..backends import backend_for
+
     payload = json.loads(body)
-    if spec.backend == "mlx":
+    model = backend_for(spec.backend).upstream_model(spec)
+    if model is None:
         payload.pop("model", None)
-    elif spec.backend == "ollama" or (spec.backend == "command" and spec.model):
-        payload["model"] = spec.model
     else:
-        payload["model"] = spec.name
+        payload["model"] = model
     return json.dumps(payload).encode()

@@ -1,0 +1,52 @@
+"""A server llmctl does not start: a desktop app's (LM Studio, GPT4All), LocalAI or Ollama run as a
+system service, a llama-server started by hand. llmctl attaches to it by URL: it checks health the
+way that kind of server answers, measures the process that listens on the port, routes to it, and
+never spawns or signals it (llmctl.external)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from ..errors import StartError
+from .base import Backend, poll_until_ok
+
+if TYPE_CHECKING:
+    from ..httpclient import HttpClient
+    from ..spec import InstanceSpec
+
+# What each kind of server answers 2xx on once it can serve, from their documentation:
+# LM Studio and GPT4All serve the OpenAI API (/v1/models); LocalAI has /readyz; Ollama /api/version;
+# llama-server /health (503 while loading); any other OpenAI-compatible server /v1/models.
+READINESS_PATHS = {
+    "lmstudio": "/v1/models",
+    "gpt4all": "/v1/models",
+    "localai": "/readyz",
+    "ollama": "/api/version",
+    "llama.cpp": "/health",
+    "openai": "/v1/models",
+}
+KINDS = tuple(READINESS_PATHS)
+
+
+class ExternalBackend(Backend):
+    name = "external"
+    program = ""
+    install_hint = "An external server is started by its own app: start it there (e.g. LM Studio's server switch)."
+
+    def find_program(self, configured: str | None) -> list[str]:
+        return []
+
+    def command(self, spec: InstanceSpec, program: list[str]) -> list[str]:
+        raise StartError(f"{spec.name}: an external server is never started by llmctl")
+
+    def upstream_model(self, spec: InstanceSpec) -> str | None:
+        return spec.model or spec.name  # the name the server itself serves, when the config gives one
+
+    def liveness_url(self, spec: InstanceSpec) -> str:
+        return spec.health_url(READINESS_PATHS.get(spec.kind or "openai", "/v1/models"))
+
+    async def wait_ready(self, spec: InstanceSpec, http: HttpClient) -> None:
+        await poll_until_ok(http, self.liveness_url(spec), spec.health.timeout, accept=tuple(range(200, 300)))
+
+
+BACKEND = ExternalBackend()
