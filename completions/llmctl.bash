@@ -4,23 +4,25 @@ _llmctl() {
     local cur=${COMP_WORDS[COMP_CWORD]} prev=${COMP_WORDS[COMP_CWORD-1]} command='' at=$COMP_CWORD file='' i
     for ((i = 1; i < COMP_CWORD; i++)); do
         case ${COMP_WORDS[i]} in
-            up|wait|status|logs|down|restart|url|env|check|init|doctor|completion) [[ -z $command ]] && command=${COMP_WORDS[i]} at=$i ;;
+            up|wait|status|logs|down|restart|url|env|check|init|doctor|completion|export|service) [[ -z $command ]] && command=${COMP_WORDS[i]} at=$i ;;
         esac
     done
     case $command in
-        '') local options='-f --file --version' values='' files='-f --file' names='' ;;
-        up) local options='-f --file --no-wait --timeout --foreground --force --json -h --help' values='--timeout' files='-f --file' names=yes ;;
-        wait) local options='--timeout --json -h --help' values='--timeout' files='' names=yes ;;
-        status) local options='-f --file --json -w --watch --interval -h --help' values='--interval' files='-f --file' names=yes ;;
-        logs) local options='-f --follow -n --lines --since --no-prefix --probes --file --raw -h --help' values='-n --lines --since' files='--file' names=yes ;;
-        down) local options='-f --file --json -h --help' values='' files='-f --file' names=yes ;;
-        restart) local options='-f --file --json -h --help' values='' files='-f --file' names=yes ;;
-        url) local options='-f --file -h --help' values='' files='-f --file' names=yes ;;
-        env) local options='-f --file -h --help' values='' files='-f --file' names= ;;
-        check) local options='-f --file -h --help' values='' files='-f --file' names= ;;
-        init) local options='-f --file --force --stdout -h --help' values='' files='-f --file' names= ;;
-        doctor) local options='-f --file --json -h --help' values='' files='-f --file' names= ;;
-        completion) local options=' -h --help' values='' files='' names= ;;
+        '') local options='-f --file --version' values='' files='-f --file' names='' words='' ;;
+        up) local options='-f --file --no-wait --timeout --foreground --force --json -h --help' values='--timeout' files='-f --file' names=yes words='' ;;
+        wait) local options='--timeout --json -h --help' values='--timeout' files='' names=yes words='' ;;
+        status) local options='-f --file --json -w --watch --interval -h --help' values='--interval' files='-f --file' names=yes words='' ;;
+        logs) local options='-f --follow -n --lines --since --no-prefix --probes --file --raw -h --help' values='-n --lines --since' files='--file' names=yes words='' ;;
+        down) local options='-f --file --json -h --help' values='' files='-f --file' names=yes words='' ;;
+        restart) local options='-f --file --json -h --help' values='' files='-f --file' names=yes words='' ;;
+        url) local options='-f --file -h --help' values='' files='-f --file' names=yes words='' ;;
+        env) local options='-f --file -h --help' values='' files='-f --file' names= words='' ;;
+        check) local options='-f --file -h --help' values='' files='-f --file' names= words='' ;;
+        init) local options='-f --file --force --stdout -h --help' values='' files='-f --file' names= words='' ;;
+        doctor) local options='-f --file --json -h --help' values='' files='-f --file' names= words='' ;;
+        completion) local options=' -h --help' values='' files='' names= words='bash zsh fish' ;;
+        export) local options='-f --file -o --output --image -h --help' values='-o --output --image' files='-f --file' names= words='kubernetes compose' ;;
+        service) local options='-f --file --no-start --platform -h --help' values='--platform' files='-f --file' names= words='install uninstall status' ;;
     esac
     for ((i = 1; i < COMP_CWORD - 1; i++)); do  # the config named by -f/--file, for instance names
         if (( i < at )) && [[ " -f --file " == *" ${COMP_WORDS[i]} "* ]]; then
@@ -32,9 +34,11 @@ _llmctl() {
     if [[ " $files " == *" $prev "* ]]; then COMPREPLY=($(compgen -f -- "$cur")); return; fi
     if [[ " $values " == *" $prev "* ]]; then COMPREPLY=(); return; fi
     if [[ -z $command && $cur != -* ]]; then
-        COMPREPLY=($(compgen -W "up wait status logs down restart url env check init doctor completion" -- "$cur"))
+        COMPREPLY=($(compgen -W "up wait status logs down restart url env check init doctor completion export service" -- "$cur"))
     elif [[ $cur == -* ]]; then
         COMPREPLY=($(compgen -W "$options" -- "$cur"))
+    elif [[ -n $words && $prev == "$command" ]]; then
+        COMPREPLY=($(compgen -W "$words" -- "$cur"))
     elif [[ -n $names ]]; then
         COMPREPLY=($(compgen -W "$(llmctl ${file:+--file "$file"} _names 2>/dev/null)" -- "$cur"))
     fi

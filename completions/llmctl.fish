@@ -11,7 +11,7 @@ function __llmctl_instances
     llmctl $file _names 2>/dev/null
 end
 
-set -l commands up wait status logs down restart url env check init doctor completion
+set -l commands up wait status logs down restart url env check init doctor completion export service
 complete -c llmctl -f
 complete -c llmctl -s f -l file -r -F -d 'Config file'
 complete -c llmctl -l version -d 'Print the version and exit'
@@ -27,6 +27,8 @@ complete -c llmctl -n "not __fish_seen_subcommand_from $commands" -a check -d 'V
 complete -c llmctl -n "not __fish_seen_subcommand_from $commands" -a init -d 'Write a commented starter instances.yaml from the servers and models found on this machine'
 complete -c llmctl -n "not __fish_seen_subcommand_from $commands" -a doctor -d 'Check programs, ports, models, memory, the state folder and the supervisor'
 complete -c llmctl -n "not __fish_seen_subcommand_from $commands" -a completion -d 'Print the shell completion script'
+complete -c llmctl -n "not __fish_seen_subcommand_from $commands" -a export -d 'Render the config as Kubernetes manifests or a compose file'
+complete -c llmctl -n "not __fish_seen_subcommand_from $commands" -a service -d 'Start the fleet at login'
 complete -c llmctl -n "__fish_seen_subcommand_from up" -a '(__llmctl_instances)'
 complete -c llmctl -n "__fish_seen_subcommand_from up" -s f -l file -r -F -d 'Config file'
 complete -c llmctl -n "__fish_seen_subcommand_from up" -l no-wait -d 'Return once the starts are requested'
@@ -65,3 +67,12 @@ complete -c llmctl -n "__fish_seen_subcommand_from init" -l force -d 'Overwrite 
 complete -c llmctl -n "__fish_seen_subcommand_from init" -l stdout -d 'Print the config instead of writing it'
 complete -c llmctl -n "__fish_seen_subcommand_from doctor" -s f -l file -r -F -d 'Config file'
 complete -c llmctl -n "__fish_seen_subcommand_from doctor" -l json -d 'Print JSON instead of a table'
+complete -c llmctl -n "__fish_seen_subcommand_from completion" -a 'bash zsh fish'
+complete -c llmctl -n "__fish_seen_subcommand_from export" -a 'kubernetes compose'
+complete -c llmctl -n "__fish_seen_subcommand_from export" -s f -l file -r -F -d 'Config file'
+complete -c llmctl -n "__fish_seen_subcommand_from export" -s o -l output -r -d 'Write into this folder'
+complete -c llmctl -n "__fish_seen_subcommand_from export" -l image -r -d 'NAME=IMAGE for an instance or a backend'
+complete -c llmctl -n "__fish_seen_subcommand_from service" -a 'install uninstall status'
+complete -c llmctl -n "__fish_seen_subcommand_from service" -s f -l file -r -F -d 'Config file'
+complete -c llmctl -n "__fish_seen_subcommand_from service" -l no-start -d 'Write the file only'
+complete -c llmctl -n "__fish_seen_subcommand_from service" -l platform -r -d 'macos or linux'

@@ -88,3 +88,6 @@ def test_bash_completes_commands_options_and_instance_names_from_the_config(tmp_
     assert bash_complete("llmctl logs -f ", tmp_path) == ["alpha", "beta"]  # logs -f is --follow
     assert "--since" in bash_complete("llmctl logs --s", tmp_path)
     assert bash_complete("llmctl env ", tmp_path) == []
+    assert bash_complete("llmctl service ", tmp_path) == ["install", "uninstall", "status"]
+    assert bash_complete("llmctl export k", tmp_path) == ["kubernetes"]
+    assert bash_complete("llmctl completion ", tmp_path) == ["bash", "zsh", "fish"]

@@ -146,3 +146,17 @@ def test_external_config_mistakes_are_one_clear_line(tmp_path, entry, message):
     result = llmctl("check", cwd=tmp_path)
     assert result.returncode == 2, result.stdout
     assert message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_down_while_still_attaching_detaches_cleanly(tmp_path, state_dir):
+    port = free_port()
+    write_config(
+        tmp_path,
+        "instances:"
+        + external_entry("later", port).replace("start_timeout: 3", "start_timeout: 60"),
+    )
+    assert llmctl("up", "--no-wait", cwd=tmp_path).returncode == 0
+    assert by_name(status_json(cwd=tmp_path))["later"]["state"] == "starting"
+    down = llmctl("down", "later", cwd=tmp_path)
+    assert down.returncode == 0, down.stderr
+    assert by_name(status_json(cwd=tmp_path))["later"]["state"] == "stopped"

@@ -22,6 +22,7 @@ from .state import InstanceRecord
 from .states import WANTED_RUNNING, State
 
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1", "[::1]", "0.0.0.0")
+ATTACHED = (State.STARTING, State.HEALTHY, State.UNHEALTHY)
 FIND_PROCESS_EVERY = 30.0  # the listener is looked up again this often (a desktop app may restart it)
 
 
@@ -79,6 +80,8 @@ class ExternalRunner(Runner):
         if request.kind == "replace":  # max_memory: not ours to replace
             request.answer("not ours")
             return
+        if request.kind in ("stop", "start", "restart") and self.state in ATTACHED:
+            await self._stop_process(request.reason)  # detach first, whether or not its process is visible
         await super()._handle(request)
 
     def _find_process(self) -> None:

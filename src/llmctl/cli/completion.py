@@ -13,6 +13,7 @@ from typing import Any
 
 SHELLS = ("bash", "zsh", "fish")
 NAME_ARGUMENTS = ("names", "name")  # arguments that take instance names
+CHOICES = {"completion": ("bash", "zsh", "fish"), "export": ("kubernetes", "compose")}  # fixed first arguments
 
 
 @dataclass(frozen=True)
@@ -29,6 +30,7 @@ class Command:
     help: str
     options: tuple[Option, ...]
     instance_names: bool  # its arguments are instance names
+    words: tuple[str, ...] = ()  # what its argument can be: subcommands (`service install`), or fixed choices
 
 
 def model() -> tuple[tuple[Option, ...], tuple[Command, ...]]:
@@ -46,8 +48,15 @@ def model() -> tuple[tuple[Option, ...], tuple[Command, ...]]:
         if command is None or command.hidden:
             continue
         arguments = [param.name for param in command.params if param.param_type_name == "argument"]
-        help_text = _short(command.help or "")
-        commands.append(Command(name, help_text, _options(command), any(arg in NAME_ARGUMENTS for arg in arguments)))
+        words = tuple(CHOICES.get(name, ()))
+        options = _options(command)
+        if hasattr(command, "list_commands"):  # a group: `service install|uninstall|status`
+            inner = typer.Context(command)
+            words = tuple(command.list_commands(inner))
+            subcommands = [command.get_command(inner, word) for word in words]
+            options = tuple({o.names: o for sub in subcommands for o in _options(sub)}.values())
+        instance_names = any(arg in NAME_ARGUMENTS for arg in arguments)
+        commands.append(Command(name, _short(command.help or ""), options, instance_names, words))
     return global_options, tuple(commands)
 
 
@@ -100,13 +109,14 @@ def _bash(global_options: tuple[Option, ...], commands: tuple[Command, ...]) -> 
         "    done",
         "    case $command in",
         f"        '') local options='{top}' values='{_values(global_options)}'"
-        f" files='{_files(global_options)}' names='' ;;",
+        f" files='{_files(global_options)}' names='' words='' ;;",
     ]
     for command in commands:
         options = " ".join(name for option in command.options for name in option.names)
         lines.append(
             f"        {command.name}) local options='{options} -h --help' values='{_values(command.options)}'"
-            f" files='{_files(command.options)}' names={'yes' if command.instance_names else ''} ;;"
+            f" files='{_files(command.options)}' names={'yes' if command.instance_names else ''}"
+            f" words='{' '.join(command.words)}' ;;"
         )
     lines += [
         "    esac",
@@ -123,6 +133,8 @@ def _bash(global_options: tuple[Option, ...], commands: tuple[Command, ...]) -> 
         f'        COMPREPLY=($(compgen -W "{names}" -- "$cur"))',
         "    elif [[ $cur == -* ]]; then",
         '        COMPREPLY=($(compgen -W "$options" -- "$cur"))',
+        '    elif [[ -n $words && $prev == "$command" ]]; then',
+        '        COMPREPLY=($(compgen -W "$words" -- "$cur"))',
         "    elif [[ -n $names ]]; then",
         '        COMPREPLY=($(compgen -W "$(llmctl ${file:+--file "$file"} _names 2>/dev/null)" -- "$cur"))',
         "    fi",
@@ -170,6 +182,8 @@ def _zsh(global_options: tuple[Option, ...], commands: tuple[Command, ...]) -> s
     ]
     for command in commands:
         specs = " ".join(_zsh_option(option) for option in command.options)
+        if command.words:
+            specs += f" '1:{command.name}:({' '.join(command.words)})'"
         if command.instance_names:
             specs += " '*:instance:_llmctl_instances'"
         lines.append(f"                {command.name}) _arguments {specs} ;;".replace("_arguments  ", "_arguments "))
@@ -220,6 +234,8 @@ def _fish(global_options: tuple[Option, ...], commands: tuple[Command, ...]) -> 
         condition = f'-n "__fish_seen_subcommand_from {command.name}"'
         if command.instance_names:
             lines.append(f"complete -c llmctl {condition} -a '(__llmctl_instances)'")
+        if command.words:
+            lines.append(f"complete -c llmctl {condition} -a '{' '.join(command.words)}'")
         for option in command.options:
             lines.append(f"complete -c llmctl {condition} {_fish_option(option)}")
     return "\n".join(lines) + "\n"
