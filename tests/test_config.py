@@ -204,3 +204,21 @@ def test_version_and_help_answer_without_a_config(tmp_path):
     assert version.returncode == 0 and version.stdout.startswith("llmctl ")
     assert llmctl("--help", cwd=tmp_path).returncode == 0
     assert llmctl("no-such-command", cwd=tmp_path).returncode == 2
+
+
+def test_check_lists_every_problem_at_once(tmp_path):
+    """Schema problems and a missing model of another instance, all in one `check` (not the first and a count)."""
+    (tmp_path / "instances.yaml").write_text(
+        "instances:\n"
+        "  - name: a\n    backend: llama.cpp\n    model: nowhere.gguf\n    port: 8100\n"
+        "  - name: b\n    backend: llama.cpp\n    model: x.gguf\n    port: 80\n"
+        "  - name: c\n    backend: mlx\n    model: org/m\n    port: 8102\n    colour: red\n"
+    )
+    result = llmctl("check", cwd=tmp_path)
+    assert result.returncode == 2
+    lines = result.stderr.splitlines()
+    assert len(lines) == 3 and all(line.startswith("llmctl: error: ") for line in lines)
+    assert any("colour" in line for line in lines) and any("port" in line and "80" in line for line in lines)
+    assert any("nowhere.gguf" in line for line in lines)
+    up = llmctl("up", cwd=tmp_path)  # other commands: one line, the first problem and how many more
+    assert up.returncode == 2 and up.stderr.count("\n") == 1 and "2 more problems" in up.stderr

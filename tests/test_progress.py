@@ -173,3 +173,22 @@ def test_progress_signs_one_by_one(tmp_path):
         progress.answered(503, '{"error":{"code":503,"message":"Loading model"}}')
         assert not progress.check(float(second))  # the same answer again is no progress
     assert progress.idle_for(130.0) == 16.0
+
+
+def test_a_progress_bar_in_the_log_is_a_download_even_without_a_watched_folder(tmp_path):
+    from llmctl.progress import StartProgress
+
+    log = tmp_path / "server.log"
+    log.write_text("start\n")
+    progress = StartProgress(log, (), started=0.0, last_progress=0.0)
+    with log.open("a") as file:
+        file.write("Fetching 4 files:  25%|##5       | 1/4 [00:01<00:03]\r")  # files, not bytes: no download figure
+    assert progress.check(1.0) and progress.phase == "loading" and progress.total is None
+    with log.open("a") as file:
+        file.write("model.safetensors:  10%|#         | 200M/2.00G [00:02<00:18, 100MB/s]\r")
+    assert progress.check(2.0) and progress.phase == "downloading"
+    assert progress.downloaded == 200 << 20 and progress.total == 2 << 30
+    with log.open("a") as file:
+        file.write("model.safetensors:  20%|##        | 400M/2.00G [00:04<00:16, 100MB/s]\r")
+    assert progress.check(3.0) and progress.downloaded == 400 << 20
+    assert progress.rate == 200 << 20  # 200 MiB in the second since the last check

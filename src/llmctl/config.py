@@ -375,17 +375,40 @@ def parse_config(text: str, path: Path, check_backends: bool = True) -> Config:
         raise ConfigError(located(path, line_of(document, exc.location), message)) from None
     except ValidationError as exc:
         problems = validation_errors(path, document, exc, ConfigModel, _SECTION_MODELS)
+        if check_backends:  # every problem at once: the instances that are valid on their own are checked too
+            problems += [
+                line for line in _backend_problems(path, document, _valid_instances(prepared)) if line not in problems
+            ]
         raise ConfigError(summary(problems), problems) from None
+    problems = _backend_problems(path, document, enumerate(config.instances)) if check_backends else []
+    if problems:
+        raise ConfigError(summary(problems), problems)
+    return config
+
+
+def _valid_instances(prepared: Any) -> list[tuple[int, InstanceSpec]]:
+    """(index, spec) of each instance entry that passes the schema on its own."""
+    entries = prepared.get("instances") if isinstance(prepared, Mapping) else None
+    valid = []
+    for index, entry in enumerate(entries if isinstance(entries, list) else []):
+        try:
+            valid.append(
+                (index, InstanceSpec.from_dict(InstanceModel.model_validate(entry).model_dump(exclude={"url"})))
+            )
+        except (ValidationError, ValueError, TypeError):
+            continue
+    return valid
+
+
+def _backend_problems(path: Path, document: Any, instances: Any) -> list[str]:
     problems = []
-    for index, instance in enumerate(config.instances if check_backends else ()):
+    for index, instance in instances:
         problem = _backend_problem(instance)
         if problem:
             field, message = problem
             location = ("instances", index, field)
             problems.append(located(path, line_of(document, location), describe(document, location, message)))
-    if problems:
-        raise ConfigError(summary(problems), problems)
-    return config
+    return problems
 
 
 def _backend_problem(instance: InstanceSpec) -> tuple[str, str] | None:

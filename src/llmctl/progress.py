@@ -24,8 +24,9 @@ from typing import Any, TypeVar
 DOWNLOAD_QUIET_S = 3.0
 # A folder walk per check is cheap for a model's few files; a cap keeps a wrong folder cheap too.
 MAX_FILES_WALKED = 10_000
-_TQDM = re.compile(r"(\d+(?:\.\d+)?)\s*([kMGT]?)i?B?/(\d+(?:\.\d+)?)\s*([kMGT]?)i?B?\s*\[")
-_UNITS = {"": 1, "k": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+# A progress bar's `1.20G/2.68G [` (tqdm, as huggingface_hub prints it): sizes with units, not `7/7 [` files.
+_TQDM = re.compile(r"(\d+(?:\.\d+)?)\s*([kMGT]i?B?|B)/(\d+(?:\.\d+)?)\s*([kMGT]i?B?|B)\s*\[")
+_UNITS = {"B": 1, "k": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 TAIL_BYTES = 4096
 T = TypeVar("T")
 
@@ -50,6 +51,7 @@ class StartProgress:
     _download_seen: float | None = None
     _answer: str | None = None
     _answer_changed: bool = False
+    _bar: tuple[int, int] | None = None  # the last progress bar read in the log: (done, total) bytes
 
     def __post_init__(self) -> None:
         self._log_mark = _file_mark(self.log_path)
@@ -84,15 +86,18 @@ class StartProgress:
             self._log_mark, moved = mark, True
             if self.phase == "starting":
                 self.phase = "loading"
+            self._read_log_bar(now)
         if self.download_dirs:
             size = folder_bytes(self.download_dirs)
             if self._dir_bytes is not None and size > self._dir_bytes:
-                self._note_download(size - self._dir_bytes, now - self._checked_at, now)
-                self.downloaded += size - self._dir_bytes
                 moved = True
+                if self._bar is None:  # a progress bar in the log, when there is one, has the better figures
+                    self._note_download(size - self._dir_bytes, now - self._checked_at, now)
+                    self.downloaded += size - self._dir_bytes
+                else:
+                    self._download_seen, self.phase = now, "downloading"
             self._dir_bytes = size
         self._checked_at = now
-        self._read_log_total()
         if self._answer_changed:
             self._answer_changed, moved = False, True
         if self.phase == "downloading" and self._download_seen and now - self._download_seen > DOWNLOAD_QUIET_S:
@@ -124,15 +129,22 @@ class StartProgress:
         self._download_seen = now
         self.phase = "downloading"
 
-    def _read_log_total(self) -> None:
-        """A progress bar's `1.2G/1.8G [` in the log's tail gives the size of the file being fetched."""
-        if self.phase != "downloading":
-            return
+    def _read_log_bar(self, now: float) -> None:
+        """A progress bar in the log's tail (`model.safetensors: 45%|... 1.20G/2.68G [`) says the server
+        is downloading, and how far it got, even where no cache folder is watched."""
         found = _TQDM.findall(_tail(self.log_path))
-        if found:
-            done, done_unit, total, total_unit = found[-1]
-            self.total = int(float(total) * _UNITS[total_unit])
-            self.downloaded = max(self.downloaded, int(float(done) * _UNITS[done_unit]))
+        if not found:
+            return
+        done_text, done_unit, total_text, total_unit = found[-1]
+        done, total = int(float(done_text) * _UNITS[done_unit[0]]), int(float(total_text) * _UNITS[total_unit[0]])
+        if (done, total) == self._bar:
+            return
+        if self._bar is not None and total == self._bar[1] and done > self._bar[0]:
+            self._note_download(done - self._bar[0], now - self._checked_at, now)
+        else:
+            self._note_download(0, 0.0, now)
+        self._bar = (done, total)
+        self.downloaded, self.total = done, total
 
 
 async def tracking(progress: StartProgress, readiness: Awaitable[T]) -> T:
