@@ -175,3 +175,41 @@ def test_ci_workflow_is_valid_and_runs_linux_and_apple_silicon():
     }
     assert any("macos" in runner for runner in runners) and any("ubuntu" in runner for runner in runners)
     assert "bash .ci/run" in workflow.read_text()
+
+
+def test_systemd_unit_for_a_path_with_spaces_and_percent_verifies(tmp_path, state_dir):
+    if shutil.which("systemd-analyze") is None:
+        pytest.skip("systemd-analyze is not installed")
+    folder = tmp_path / "my models 100%"
+    folder.mkdir()
+    write_config(folder, "instances:" + command_instance("a", free_port()))
+    home = tmp_path / "home"
+    result = llmctl("service", "install", "--no-start", "--platform", "linux", cwd=folder, env={"HOME": str(home)})
+    assert result.returncode == 0, result.stderr
+    unit = home / ".config" / "systemd" / "user" / "llmctl.service"
+    assert "100%%" in unit.read_text()
+    verified = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True, text=True)
+    assert verified.returncode == 0, verified.stderr
+    exec_start = next(line for line in unit.read_text().splitlines() if line.startswith("ExecStart="))
+    assert "'" in exec_start  # the path with spaces is quoted as one word
+
+
+def test_exported_names_stay_unique(tmp_path):
+    write_config(
+        tmp_path,
+        "instances:" + command_instance("a-", free_port()) + command_instance("a", free_port())
+        + command_instance("A_x", free_port()),
+    )  # fmt: skip
+    result = llmctl("export", "compose", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert set(yaml.safe_load(result.stdout)["services"]) == {"a", "a-2", "a-x"}
+
+
+def test_init_escapes_a_dollar_in_a_model_path(tmp_path, state_dir, gguf_model):
+    home = tmp_path / "home"
+    (home / "models").mkdir(parents=True)
+    shutil.copy(gguf_model, home / "models" / "price$5.gguf")
+    result = llmctl("init", "-f", str(tmp_path / "out.yaml"), cwd=tmp_path, env={"HOME": str(home), "HF_HOME": ""})
+    assert result.returncode == 0, result.stderr
+    check = llmctl("check", "-f", str(tmp_path / "out.yaml"), cwd=tmp_path)
+    assert check.returncode == 0, check.stderr

@@ -86,18 +86,31 @@ def _mebibytes(value: int) -> str:
 # -- Kubernetes ----------------------------------------------------------------------------
 
 
+def object_names(config: Config) -> dict[str, str]:
+    """Instance name -> a DNS name unique in the export (`a-` and `a` would both be `a`)."""
+    names: dict[str, str] = {}
+    for spec in config.instances:
+        base = name = dns_name(spec.name)
+        counter = 2
+        while name in names.values():
+            name = f"{base[:60]}-{counter}"
+            counter += 1
+        names[spec.name] = name
+    return names
+
+
 def kubernetes(config: Config, images: dict[str, str] | None = None) -> list[dict[str, Any]]:
     """A Deployment and a Service per instance (external ones are left out: not ours to deploy)."""
     documents: list[dict[str, Any]] = []
+    names = object_names(config)
     for spec in config.instances:
         if spec.external:
             continue
-        documents += _kubernetes_instance(spec, container_for(spec, images or {}))
+        documents += _kubernetes_instance(spec, names[spec.name], container_for(spec, images or {}))
     return documents
 
 
-def _kubernetes_instance(spec: InstanceSpec, box: Container) -> list[dict[str, Any]]:
-    name = dns_name(spec.name)
+def _kubernetes_instance(spec: InstanceSpec, name: str, box: Container) -> list[dict[str, Any]]:
     labels = {"app.kubernetes.io/name": name, "app.kubernetes.io/managed-by": "llmctl"}
     health = spec.health
     probe = {"httpGet": {"path": _probe_path(spec), "port": spec.port}, "timeoutSeconds": max(1, round(health.timeout))}
@@ -170,10 +183,11 @@ def _resources(spec: InstanceSpec) -> dict[str, Any]:
 
 def compose(config: Config, images: dict[str, str] | None = None) -> dict[str, Any]:
     services: dict[str, Any] = {}
+    names = object_names(config)
     for spec in config.instances:
         if spec.external:
             continue
-        services[dns_name(spec.name)] = _compose_service(spec, container_for(spec, images or {}))
+        services[names[spec.name]] = _compose_service(spec, container_for(spec, images or {}))
     return {"name": "llmctl", "services": services}
 
 

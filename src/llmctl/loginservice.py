@@ -99,6 +99,10 @@ def launchd_plist(argv: list[str], config: Path, state_dir: Path) -> str:
 
 
 def systemd_unit(argv: list[str], config: Path, state_dir: Path) -> str:
+    # `%` starts a systemd specifier (%h, %u): a literal one in a path is `%%`.
+    argv = [arg.replace("%", "%%") for arg in argv]
+    config = Path(str(config).replace("%", "%%"))
+    state_dir = Path(str(state_dir).replace("%", "%%"))
     return "\n".join(
         [
             "[Unit]",

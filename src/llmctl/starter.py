@@ -87,7 +87,8 @@ def _walk(folder: Path) -> Iterator[Path]:
     base_depth = len(folder.parts)
     for root, dirs, files in os.walk(folder, followlinks=True):
         dirs.sort()
-        if len(Path(root).parts) - base_depth >= MAX_DEPTH:
+        walked += 1  # folders count too: a tree of links pointing back up must not be walked for ever
+        if len(Path(root).parts) - base_depth >= MAX_DEPTH or walked > MAX_ENTRIES_WALKED:
             dirs.clear()
         for name in sorted(files):
             walked += 1
@@ -177,7 +178,7 @@ def render(found: Discovery, host: str = "127.0.0.1") -> str:
             f"  # found in {model.where}{size}",
             f"  - name: {name}",
             f"    backend: {model.backend}",
-            f"    model: {json.dumps(model.model)}",
+            f"    model: {json.dumps(model.model.replace('$', '$$'))}",  # `$` is the config's variable sign
             f"    port: {port}",
         ]
         if model.backend == "llama.cpp":
