@@ -213,3 +213,15 @@ def test_init_escapes_a_dollar_in_a_model_path(tmp_path, state_dir, gguf_model):
     assert result.returncode == 0, result.stderr
     check = llmctl("check", "-f", str(tmp_path / "out.yaml"), cwd=tmp_path)
     assert check.returncode == 0, check.stderr
+
+
+def test_service_install_where_no_service_manager_answers_writes_the_file_and_says_so(tmp_path, state_dir):
+    """A container or an SSH session has no user bus: the unit is written, not loaded, and the
+    message says how to load it. (The bus is pointed nowhere, so no test ever starts a real service.)"""
+    write_config(tmp_path, "instances:" + command_instance("a", free_port()))
+    home = tmp_path / "home"
+    env = {"HOME": str(home), "DBUS_SESSION_BUS_ADDRESS": "unix:path=/nonexistent", "XDG_RUNTIME_DIR": "/nonexistent"}
+    result = llmctl("service", "install", "--platform", "linux", cwd=tmp_path, env=env)
+    assert result.returncode == 0, result.stderr
+    assert (home / ".config" / "systemd" / "user" / "llmctl.service").is_file()
+    assert "not loaded" in result.stderr and "systemctl --user enable --now llmctl.service" in result.stdout

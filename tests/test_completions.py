@@ -91,3 +91,15 @@ def test_bash_completes_commands_options_and_instance_names_from_the_config(tmp_
     assert bash_complete("llmctl service ", tmp_path) == ["install", "uninstall", "status"]
     assert bash_complete("llmctl export k", tmp_path) == ["kubernetes"]
     assert bash_complete("llmctl completion ", tmp_path) == ["bash", "zsh", "fish"]
+
+
+def test_help_shows_no_python_types():
+    """`--help` reads like a man page: no `<bool>` after a flag, no `<list[str]>` after an argument."""
+    from llmctl.cli.completion import model
+
+    _, commands = model()
+    for argv in [[], *([command.name] for command in commands), ["service", "install"]]:
+        shown = llmctl(*argv, "--help", env={"COLUMNS": "120"})
+        assert shown.returncode == 0, shown.stderr
+        for word in ("<bool>", "<list", "<str>", "<path>", "<float", "<int"):
+            assert word not in shown.stdout, (argv, word)

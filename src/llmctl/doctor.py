@@ -190,27 +190,22 @@ def _size(path: Path) -> int:
 
 
 def _memory(config: Config) -> list[Finding]:
+    """The estimates of what `up` starts against the budget `up` enforces (the config's, else the default)."""
     from .backends import safe_estimate
-    from .memory import system_memory
+    from .memory import default_budget
 
     estimates = {spec.name: safe_estimate(spec) for spec in config.instances if not spec.on_demand}
     known = sum(value for value in estimates.values() if value)
     unknown = sorted(name for name, value in estimates.items() if not value)
-    total = system_memory()["total_bytes"]
-    budget = config.memory_budget
+    budget = config.memory_budget if config.memory_budget is not None else default_budget()
+    subject = "budget" if config.memory_budget is not None else "budget (default)"
     detail = f"instances started by `up` need about {format_bytes(known)}"
     if unknown:
         detail += f" (no estimate for {', '.join(unknown)})"
-    if budget is not None and known > budget:
-        fix = "raise memory_budget, make some instances on_demand, or use smaller models or contexts"
-        return [Finding("memory", "budget", PROBLEM, f"{detail}, over the budget of {format_bytes(budget)}", fix)]
-    if known > total:
-        fix = "make some instances on_demand (the gateway starts them when asked), or use smaller models"
-        return [
-            Finding("memory", "system", PROBLEM, f"{detail}, more than this machine has ({format_bytes(total)})", fix)
-        ]
-    limit = f"budget {format_bytes(budget)}" if budget is not None else f"{format_bytes(total)} of memory"
-    return [Finding("memory", "budget" if budget is not None else "system", OK, f"{detail}, within the {limit}")]
+    if known > budget:
+        fix = "raise memory_budget, make some instances on_demand (the gateway starts them), or use smaller models"
+        return [Finding("memory", subject, PROBLEM, f"{detail}, over the budget of {format_bytes(budget)}", fix)]
+    return [Finding("memory", subject, OK, f"{detail}, within the budget of {format_bytes(budget)}")]
 
 
 # -- the state folder and the supervisor ---------------------------------------------------

@@ -130,8 +130,17 @@ def systemd_unit(argv: list[str], config: Path, state_dir: Path) -> str:
     )
 
 
+class ManagerUnreachable(ServiceError):
+    """No service manager to talk to here (no user session bus, no launchctl): the file is written,
+    and loads at the next login where the manager runs, or by hand."""
+
+
+UNREACHABLE_SIGNS = ("Failed to connect to bus", "No medium found", "not been booted with systemd", "$DBUS_SESSION")
+
+
 def install(target: Plan, start: bool) -> list[str]:
-    """Write the file (atomically) and, with `start`, load it; the commands run are returned."""
+    """Write the file (atomically) and, with `start`, load it; the commands run are returned.
+    Raises ManagerUnreachable (the file is written) when no service manager answers."""
     from .state import write_atomically
 
     target.path.parent.mkdir(parents=True, exist_ok=True)
@@ -167,6 +176,10 @@ def _run(commands: list[list[str]], check: bool = True) -> list[str]:
     for command in commands:
         try:
             done = subprocess.run(command, capture_output=True, text=True, timeout=60)
+        except FileNotFoundError:
+            if check:
+                raise ManagerUnreachable(f"`{command[0]}` is not installed here") from None
+            continue
         except (OSError, subprocess.TimeoutExpired) as exc:
             if check:
                 raise ServiceError(f"`{shlex.join(command)}` failed: {exc}") from None
@@ -174,5 +187,8 @@ def _run(commands: list[list[str]], check: bool = True) -> list[str]:
         ran.append(shlex.join(command))
         if check and done.returncode != 0:
             said = (done.stderr or done.stdout).strip().splitlines()
-            raise ServiceError(f"`{shlex.join(command)}` failed: {said[-1] if said else f'exit {done.returncode}'}")
+            reason = said[-1] if said else f"exit {done.returncode}"
+            if any(sign in (done.stderr or "") for sign in UNREACHABLE_SIGNS):
+                raise ManagerUnreachable(f"`{shlex.join(command)}`: {reason}")
+            raise ServiceError(f"`{shlex.join(command)}` failed: {reason}")
     return ran

@@ -482,7 +482,14 @@ def service_install(
     from .. import loginservice
 
     target = _service_plan(file, platform)
-    ran = loginservice.install(target, start=not no_start)
+    try:
+        ran = loginservice.install(target, start=not no_start)
+    except loginservice.ManagerUnreachable as exc:
+        # Written, not loaded: a machine (a container, an SSH session) with no user service manager.
+        print(f"wrote {target.path}")
+        _stderr(f"llmctl: warning: not loaded, no service manager answers here ({exc})")
+        print("load it in your login session with: " + " && ".join(" ".join(c) for c in target.load))
+        return
     print(f"wrote {target.path}")
     for command in ran:
         print(f"ran: {command}")
