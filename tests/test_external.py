@@ -93,6 +93,7 @@ def test_a_dead_external_server_is_unhealthy_never_restarted_and_recovers(tmp_pa
     server.wait()
     desk = wait_for(lambda: (i := by_name(status_json(cwd=tmp_path))["desk"])["state"] == "unhealthy" and i, timeout=20)
     assert desk["restarts"] == 0 and "does not restart" in desk["reason"]
+    assert desk["pid"] is None and desk["memory_bytes"] is None  # no process, no stale figures
     time.sleep(1.5)
     assert not _answers(port)  # nothing was started in its place
     assert by_name(status_json(cwd=tmp_path))["desk"]["state"] == "unhealthy"

@@ -88,7 +88,7 @@ class ExternalRunner(Runner):
         """The process listening on the port, as the server's process for PID, uptime and memory."""
         pid = listener_pid(self.spec.port) if self.spec.host in LOCAL_HOSTS else None
         if pid is None:
-            self.server = None
+            self.server, self.memory = None, None  # no process seen: no figures, rather than stale ones
             return
         if self.server is not None and self.server.pid == pid and self.server.handle.is_alive():
             return
@@ -96,7 +96,7 @@ class ExternalRunner(Runner):
             handle = process.ProcessHandle.of(pid)
             started = handle.create_time
         except Exception:  # it went away between the two calls
-            self.server = None
+            self.server, self.memory = None, None
             return
         self.server = ServerProcess.adopted(handle, pid, started)
         self.sampled_at = 0.0
