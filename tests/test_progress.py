@@ -182,8 +182,8 @@ def test_a_progress_bar_in_the_log_is_a_download_even_without_a_watched_folder(t
     log.write_text("start\n")
     progress = StartProgress(log, (), started=0.0, last_progress=0.0)
     with log.open("a") as file:
-        file.write("Fetching 4 files:  25%|##5       | 1/4 [00:01<00:03]\r")  # files, not bytes: no download figure
-    assert progress.check(1.0) and progress.phase == "loading" and progress.total is None
+        file.write("Fetching 4 files:  25%|##5       | 1/4 [00:01<00:03]\r")  # files, not bytes: no figures
+    assert progress.check(1.0) and progress.phase == "downloading" and progress.total is None
     with log.open("a") as file:
         file.write("model.safetensors:  10%|#         | 200M/2.00G [00:02<00:18, 100MB/s]\r")
     assert progress.check(2.0) and progress.phase == "downloading"
@@ -192,3 +192,33 @@ def test_a_progress_bar_in_the_log_is_a_download_even_without_a_watched_folder(t
         file.write("model.safetensors:  20%|##        | 400M/2.00G [00:04<00:16, 100MB/s]\r")
     assert progress.check(3.0) and progress.downloaded == 400 << 20
     assert progress.rate == 200 << 20  # 200 MiB in the second since the last check
+
+
+def test_a_silent_download_into_the_instances_own_cache_is_progress_without_a_model_key(tmp_path, state_dir):
+    """No `model:` to name the repo: the instance's own HF_HOME is watched as a whole."""
+    port = free_port()
+    entry = slow_instance("quiet", port, "--download-seconds", "5", "--repo", "org/other")
+    write_config(tmp_path, "instances:\n" + entry.replace("{HF_HOME}", str(tmp_path / "hf")))
+    up = subprocess.Popen([LLMCTL, "up"], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_for(
+        lambda: (p := by_name(status_json(cwd=tmp_path))["quiet"].get("progress")) and p["phase"] == "downloading",
+        timeout=20,
+    )
+    _, err = up.communicate(timeout=60)
+    assert up.returncode == 0, err
+
+
+def test_download_words_in_the_log_mean_downloading(tmp_path):
+    from llmctl.progress import StartProgress
+
+    log = tmp_path / "server.log"
+    log.write_text("")
+    progress = StartProgress(log, (), started=0.0, last_progress=0.0)
+    log.write_text("llama_model_load_from_hf: Downloading model from https://huggingface.co/...\n")
+    assert progress.check(1.0) and progress.phase == "downloading"
+    with log.open("a") as file:
+        file.write("load_tensors: loading model tensors\n")
+    assert progress.check(2.0) and progress.phase == "downloading"  # until the download has been quiet a while
+    with log.open("a") as file:
+        file.write("load_tensors: ....\n")
+    assert progress.check(5.0) and progress.phase == "loading"

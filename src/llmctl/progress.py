@@ -26,6 +26,7 @@ DOWNLOAD_QUIET_S = 3.0
 MAX_FILES_WALKED = 10_000
 # A progress bar's `1.20G/2.68G [` (tqdm, as huggingface_hub prints it): sizes with units, not `7/7 [` files.
 _TQDM = re.compile(r"(\d+(?:\.\d+)?)\s*([kMGT]i?B?|B)/(\d+(?:\.\d+)?)\s*([kMGT]i?B?|B)\s*\[")
+_DOWNLOAD_WORDS = re.compile(r"download|fetching|pulling", re.IGNORECASE)
 _UNITS = {"B": 1, "k": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 TAIL_BYTES = 4096
 T = TypeVar("T")
@@ -132,8 +133,12 @@ class StartProgress:
     def _read_log_bar(self, now: float) -> None:
         """A progress bar in the log's tail (`model.safetensors: 45%|... 1.20G/2.68G [`) says the server
         is downloading, and how far it got, even where no cache folder is watched."""
-        found = _TQDM.findall(_tail(self.log_path))
+        tail = _tail(self.log_path)
+        found = _TQDM.findall(tail)
         if not found:
+            last = tail.replace("\r", "\n").rstrip().rsplit("\n", 1)[-1]
+            if _DOWNLOAD_WORDS.search(last):  # "Downloading model...", "pulling manifest": no figures, the phase
+                self._download_seen, self.phase = now, "downloading"
             return
         done_text, done_unit, total_text, total_unit = found[-1]
         done, total = int(float(done_text) * _UNITS[done_unit[0]]), int(float(total_text) * _UNITS[total_unit[0]])

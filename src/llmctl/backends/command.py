@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..errors import BinaryNotFound
-from ..progress import huggingface_repo_folder
+from ..progress import huggingface_cache, huggingface_repo_folder
 from .base import Backend, poll_until_ok, resolve_model_path, resolve_program
 
 if TYPE_CHECKING:
@@ -34,11 +34,18 @@ class CommandBackend(Backend):
         return []  # the program is the first word of `command:`
 
     def download_folders(self, spec: InstanceSpec, env: dict[str, str]) -> list[Path]:
-        """A `model:` that names a Hugging Face repo (vLLM, SGLang, TGI fetch it): its cache folder."""
+        """A `model:` that names a Hugging Face repo (vLLM, SGLang, TGI fetch it): its cache folder;
+        without one, the whole cache when the instance sets its own (HF_HOME or HF_HUB_CACHE)."""
         model = spec.model or ""
-        if model.count("/") != 1 or model.startswith(("/", ".", "~")) or resolve_model_path(spec, model).exists():
-            return []
-        return [huggingface_repo_folder(model, env)]
+        if (
+            model.count("/") == 1
+            and not model.startswith(("/", ".", "~"))
+            and not resolve_model_path(spec, model).exists()
+        ):
+            return [huggingface_repo_folder(model, env)]
+        if not model and ("HF_HOME" in spec.env or "HF_HUB_CACHE" in spec.env):
+            return [huggingface_cache(env)]
+        return []
 
     def upstream_model(self, spec: InstanceSpec) -> str | None:
         return spec.model or spec.name  # the name the server itself serves, when the config gives one
