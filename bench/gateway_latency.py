@@ -31,7 +31,9 @@ def direct_ready(binary: str, model: Path) -> float:
     port = free_port()
     started = time.perf_counter()
     server = subprocess.Popen(
-        [binary, "-m", str(model), "--port", str(port), "-c", "256"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        [binary, "-m", str(model), "--port", str(port), "-c", "256"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     try:
         with httpx.Client(trust_env=False, timeout=1) as client:

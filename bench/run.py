@@ -180,8 +180,10 @@ def up_overhead(settings: Settings) -> list[Figure]:
     return figures
 
 
-def status_calls(settings: Settings) -> list[Figure]:
-    count = settings.status_instances
+@contextmanager
+def two_fleets(count: int) -> Iterator[tuple[Path, dict[str, str], Path]]:
+    """`count` minimal servers under llmctl and as many under supervisord, all running:
+    (folder, llmctl's environment, supervisord's config); everything stopped afterwards."""
     with tempfile.TemporaryDirectory(prefix="llmctl-bench-") as temp:
         folder = Path(temp)
         text, _ = fake_entries(count)
@@ -192,12 +194,18 @@ def status_calls(settings: Settings) -> list[Figure]:
             run([LLMCTL, "up"], env)
             try:
                 wait_until(lambda: all_running(sup_config, count))
-                repeats = settings.repeats * 4
-                peer = [run([str(BIN / "supervisorctl"), "-c", str(sup_config), "status"], env) for _ in range(repeats)]
-                plain = [run([LLMCTL, "status"], env) for _ in range(repeats)]
-                as_json = [run([LLMCTL, "status", "--json"], env) for _ in range(repeats)]
+                yield folder, env, sup_config
             finally:
                 run([LLMCTL, "down"], env, check=False)
+
+
+def status_calls(settings: Settings) -> list[Figure]:
+    count = settings.status_instances
+    with two_fleets(count) as (_folder, env, sup_config):
+        repeats = settings.repeats * 4
+        peer = [run([str(BIN / "supervisorctl"), "-c", str(sup_config), "status"], env) for _ in range(repeats)]
+        plain = [run([LLMCTL, "status"], env) for _ in range(repeats)]
+        as_json = [run([LLMCTL, "status", "--json"], env) for _ in range(repeats)]
     return [
         Figure(f"`status`, {count} instances", "ms", plain, "`supervisorctl status`", peer),
         Figure(f"`status --json`, {count} instances", "ms", as_json, "`supervisorctl status`", peer),
@@ -265,27 +273,16 @@ def cpu_seconds(pid: int) -> float:
 def idle_cost(settings: Settings) -> list[Figure]:
     """While nothing happens: the supervisor's CPU and memory (with its log hub) beside supervisord's."""
     count = settings.idle_instances
-    with tempfile.TemporaryDirectory(prefix="llmctl-bench-") as temp:
-        folder = Path(temp)
-        text, _ = fake_entries(count)
-        config = folder / "instances.yaml"
-        config.write_text(text)
-        env = llmctl_env(folder, config)
-        with supervisord(folder, fake_programs(count)) as sup_config:
-            run([LLMCTL, "up"], env)
-            try:
-                wait_until(lambda: all_running(sup_config, count))
-                time.sleep(settings.settle_seconds)
-                ours_pid = int((folder / "state" / "supervisor.lock").read_text())
-                hub_pid = json.loads((folder / "state" / "pipes" / "hub.json").read_text())["pid"]
-                theirs_pid = int((folder / "supervisord.pid").read_text())
-                before = [cpu_seconds(ours_pid) + cpu_seconds(hub_pid), cpu_seconds(theirs_pid)]
-                time.sleep(settings.idle_seconds)
-                after = [cpu_seconds(ours_pid) + cpu_seconds(hub_pid), cpu_seconds(theirs_pid)]
-                cpu = [(a - b) / settings.idle_seconds * 100 for a, b in zip(after, before, strict=True)]
-                memory = [(pss(ours_pid) + pss(hub_pid)) / (1 << 20), pss(theirs_pid) / (1 << 20)]
-            finally:
-                run([LLMCTL, "down"], env, check=False)
+    with two_fleets(count) as (folder, _env, _sup_config):
+        time.sleep(settings.settle_seconds)
+        ours_pid = int((folder / "state" / "supervisor.lock").read_text())
+        hub_pid = json.loads((folder / "state" / "pipes" / "hub.json").read_text())["pid"]
+        theirs_pid = int((folder / "supervisord.pid").read_text())
+        before = [cpu_seconds(ours_pid) + cpu_seconds(hub_pid), cpu_seconds(theirs_pid)]
+        time.sleep(settings.idle_seconds)
+        after = [cpu_seconds(ours_pid) + cpu_seconds(hub_pid), cpu_seconds(theirs_pid)]
+        cpu = [(a - b) / settings.idle_seconds * 100 for a, b in zip(after, before, strict=True)]
+        memory = [(pss(ours_pid) + pss(hub_pid)) / (1 << 20), pss(theirs_pid) / (1 << 20)]
     note = f"over {settings.idle_seconds:g} s; llmctl probes each /health every 5 s, supervisord probes nothing"
     return [
         Figure(f"idle CPU, {count} instances", "% CPU", [cpu[0]], "supervisord", [cpu[1]], note),

@@ -35,6 +35,7 @@ class Container:
     image: str
     args: list[str]
     env: dict[str, str]
+    entrypoint: list[str] | None  # None: the image's own (llama-server, ollama); else the command's program
     model_file: Path | None  # a local model file or folder the container needs at MODELS_MOUNT
     notes: list[str]
 
@@ -53,22 +54,23 @@ def container_for(spec: InstanceSpec, images: dict[str, str]) -> Container:
         model = Path(spec.model or "")
         model = model if model.is_absolute() else Path(spec.workdir) / model
         args = ["-m", f"{MODELS_MOUNT}/{model.name}", "--host", "0.0.0.0", "--port", port, *spec.args]
-        return Container(image or PLACEHOLDER, args, dict(spec.env), model, notes)
+        return Container(image or PLACEHOLDER, args, dict(spec.env), None, model, notes)
     if spec.backend == "ollama":
         env = {**spec.env, "OLLAMA_HOST": f"0.0.0.0:{port}"}
         notes.append(f"pull the model once inside it: ollama pull {spec.model}")
-        return Container(image or PLACEHOLDER, ["serve"], env, None, notes)
+        return Container(image or PLACEHOLDER, ["serve"], env, None, None, notes)
     if spec.backend == "mlx":
         notes.append(
             "MLX runs on Apple Silicon only: there is no container for it; serve the model with another backend"
         )
-        return Container(image or PLACEHOLDER, [], dict(spec.env), None, notes)
+        return Container(image or PLACEHOLDER, [], dict(spec.env), None, None, notes)
     if spec.backend == "external":
         notes.append("an external server (a desktop app's) is not llmctl's to deploy")
-        return Container(image or PLACEHOLDER, [], {}, None, notes)
+        return Container(image or PLACEHOLDER, [], {}, None, None, notes)
     if not image:
         notes.append(f"supply an image that has `{spec.command[0] if spec.command else 'the server'}`")
-    return Container(image or PLACEHOLDER, [*(spec.command or []), *spec.args], dict(spec.env), None, notes)
+    command = [*(spec.command or []), *spec.args]
+    return Container(image or PLACEHOLDER, command[1:], dict(spec.env), command[:1], None, notes)
 
 
 def _probe_path(spec: InstanceSpec) -> str:
@@ -125,11 +127,10 @@ def _kubernetes_instance(spec: InstanceSpec, name: str, box: Container) -> list[
         "readinessProbe": {**probe, "periodSeconds": period, "failureThreshold": 1},
         "livenessProbe": {**probe, "periodSeconds": period, "failureThreshold": health.failure_threshold},
     }  # fmt: skip
-    if spec.backend == "ollama" or spec.backend == "llama.cpp":
+    if box.entrypoint:
+        container["command"] = box.entrypoint
+    if box.args:
         container["args"] = box.args
-    elif box.args:
-        container["command"] = box.args[:1]
-        container["args"] = box.args[1:]
     if box.env:
         container["env"] = [{"name": key, "value": value} for key, value in sorted(box.env.items())]
     resources = _resources(spec)
@@ -211,11 +212,10 @@ def _compose_service(spec: InstanceSpec, box: Container) -> dict[str, Any]:
     }  # fmt: skip
     if box.notes:
         service["labels"]["dev.llmctl.notes"] = "; ".join(box.notes)
-    if spec.backend == "ollama" or spec.backend == "llama.cpp":
+    if box.entrypoint:
+        service["entrypoint"] = box.entrypoint
+    if box.args:
         service["command"] = box.args
-    elif box.args:
-        service["entrypoint"] = box.args[:1]
-        service["command"] = box.args[1:]
     if box.env:
         service["environment"] = dict(sorted(box.env.items()))
     if box.model_file is not None:
