@@ -225,3 +225,20 @@ def test_service_install_where_no_service_manager_answers_writes_the_file_and_sa
     assert result.returncode == 0, result.stderr
     assert (home / ".config" / "systemd" / "user" / "llmctl.service").is_file()
     assert "not loaded" in result.stderr and "systemctl --user enable --now llmctl.service" in result.stdout
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["export", "compose", "-o", "/etc/passwd"],
+        ["service", "install", "--no-start", "--platform", "windows"],
+        ["service", "status", "--platform", "bsd"],
+        ["completion", "powershell"],
+        ["init", "-f", "/nonexistent-folder/x.yaml"],
+    ],
+)
+def test_bad_input_to_the_new_commands_is_one_line_and_exit_2(tmp_path, argv):
+    write_config(tmp_path, "instances:" + command_instance("a", free_port()))
+    result = llmctl(*argv, cwd=tmp_path, env={"HOME": str(tmp_path / "home")})
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.count("\n") == 1 and result.stderr.startswith("llmctl: error: ")

@@ -106,6 +106,9 @@ def main() -> None:
     except KeyboardInterrupt:
         sys.stderr.write("llmctl: interrupted\n")
         code = 130
+    except OSError as exc:  # as the full CLI reports it: the file and the system's reason, one line
+        sys.stderr.write(f"llmctl: error: {exc.filename + ': ' if exc.filename else ''}{exc.strerror or exc}\n")
+        code = 1
     if code is not None:
         sys.exit(code)
     from .cli.app import run

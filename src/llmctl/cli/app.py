@@ -6,6 +6,7 @@ cannot be reached or started; 130 interrupted.
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Optional
@@ -13,7 +14,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Optional
 import typer
 
 from .. import service, statusdoc
-from ..errors import ConfigError, LlmctlError, SupervisorError
+from ..errors import ConfigError, InternalError, LlmctlError, SupervisorError
 from ..paths import StatePaths, find_config_path
 from . import render
 from .report import report_error, report_settled
@@ -447,6 +448,8 @@ def export_config(
         for text in files.values():
             sys.stdout.write(text)
         return
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"-o {out}: not a folder (export writes {', '.join(files)} into a folder)")
     out.mkdir(parents=True, exist_ok=True)
     for name, text in files.items():
         (out / name).write_text(text)
@@ -468,8 +471,16 @@ PlatformOption = Annotated[
 def _service_plan(file: Path | None, platform: str | None) -> Any:
     from .. import loginservice
 
+    _known_platform(platform)
     config = _config(file)  # a service for a config that does not load would only fail at login
     return loginservice.plan(platform or loginservice.current_platform(), Path(config.path), StatePaths.default().root)
+
+
+def _known_platform(platform: str | None) -> None:
+    if platform not in (None, "macos", "linux"):
+        raise ConfigError(
+            f"--platform {platform!r}: llmctl installs login services on macos (launchd) and linux (systemd)"
+        )
 
 
 @service_app.command("install")
@@ -502,6 +513,7 @@ def service_uninstall(platform: PlatformOption = None) -> None:
     """Stop the service (and so its servers) and remove its file."""
     from .. import loginservice
 
+    _known_platform(platform)
     target = loginservice.plan(platform or loginservice.current_platform(), Path("/"), StatePaths.default().root)
     existed, ran = loginservice.uninstall(target)
     for command in ran:
@@ -514,6 +526,7 @@ def service_status(platform: PlatformOption = None) -> None:
     """Whether the login service is installed, and what the service manager says of it (exit 1: not installed)."""
     from .. import loginservice
 
+    _known_platform(platform)
     target = loginservice.plan(platform or loginservice.current_platform(), Path("/"), StatePaths.default().root)
     installed, said = loginservice.status(target)
     print(said)
@@ -554,3 +567,12 @@ def run() -> None:
     except KeyboardInterrupt:
         _stderr("llmctl: interrupted")
         sys.exit(EXIT_INTERRUPTED)
+    except OSError as exc:  # a file or folder the command was pointed at: its name and the system's reason
+        where = f"{exc.filename}: " if exc.filename else ""
+        report_error(LlmctlError(f"{where}{exc.strerror or exc}"), "--json" in sys.argv[1:])
+        sys.exit(EXIT_FAILED)
+    except Exception as exc:  # a bug: one line that says so; LLMCTL_DEBUG=1 shows the traceback
+        if os.environ.get("LLMCTL_DEBUG"):
+            raise
+        report_error(InternalError(f"internal error in llmctl: {exc!r} (LLMCTL_DEBUG=1 shows where)"), False)
+        sys.exit(EXIT_FAILED)
