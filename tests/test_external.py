@@ -140,6 +140,9 @@ def test_external_survives_a_supervisor_crash_without_being_adopted_as_ours(tmp_
         ("    backend: external\n    url: http://127.0.0.1:8304\n    args: [-c, '1']\n", "not started by llmctl"),
         ("    backend: external\n    url: http://127.0.0.1:8305\n    port: 9999\n", "disagrees"),
         ("    backend: llama.cpp\n    model: x.gguf\n    port: 8306\n    url: http://127.0.0.1:8306\n", "`url:`"),
+        ("    backend: external\n    url: http://me:secret@127.0.0.1:8307\n", "no credentials"),
+        ("    backend: external\n    url: http://127.0.0.1:99999\n", "url"),
+        ("    backend: external\n    url: http://127.0.0.1:80\n", "1024-65535"),
     ],
 )
 def test_external_config_mistakes_are_one_clear_line(tmp_path, entry, message):

@@ -126,6 +126,10 @@ class InstanceModel(_Strict):
             raise ValueError(f"url: {exc}") from None
         if parts.scheme != "http" or not parts.hostname or parts.path not in ("", "/") or parts.query:
             raise ValueError(f"url: must be a server's base URL like http://127.0.0.1:1234 (got {data['url']!r})")
+        if parts.username or parts.password:
+            raise ValueError("url: no credentials in the URL (they would be written to state and logs)")
+        if port < 1024:
+            raise ValueError(f"url: llmctl attaches to servers on ports 1024-65535 (got {port})")
         filled = dict(data)
         filled.setdefault("port", port)
         filled.setdefault("host", parts.hostname)

@@ -3,7 +3,8 @@
 Validating instances.yaml with the schema costs ~200 ms (PyYAML, pydantic building its validators);
 `llmctl up` when everything already runs should cost less than that in all. The schema's verdict
 depends only on the file's bytes, its path (relative paths resolve against its folder), the values
-of the environment variables it references and llmctl's version: with those unchanged, the last
+of the environment variables it references and llmctl's version (and its schema's source files, for
+an editable install): with those unchanged, the last
 validated config is reused. The backend checks that look at the file system (does the GGUF exist?)
 run every time; when one fails, the full loader runs to report it with its line.
 
@@ -35,9 +36,22 @@ def cache_folder() -> Path:
     return StatePaths.default().root / "config-cache"
 
 
+SCHEMA_SOURCES = ("config.py", "configprep.py", "spec.py")
+
+
+def _schema_stamp() -> bytes:
+    """When the schema's own source last changed: an editable install changes it without a new version."""
+    here = Path(__file__).parent
+    stamps = []
+    for name in SCHEMA_SOURCES:
+        with contextlib.suppress(OSError):
+            stamps.append(str(os.stat(here / name).st_mtime_ns))
+    return ",".join(stamps).encode()
+
+
 def cache_key(path: Path, content: bytes) -> str:
     digest = hashlib.sha256()
-    for part in (__version__.encode(), os.fsencode(path), content):
+    for part in (__version__.encode(), _schema_stamp(), os.fsencode(path), content):
         digest.update(len(part).to_bytes(8, "little") + part)
     for name in sorted(set(_REFERENCE.findall(content))):
         value = os.environ.get(name.decode())
