@@ -49,16 +49,16 @@ class Settings:
     idle_instances: int
     idle_seconds: float
     settle_seconds: float
-    scale_instances: int
+    scale_sizes: tuple[int, ...]
     gateway_requests: int
 
     @classmethod
     def full(cls) -> Settings:
-        return cls(7, (1, 4, 8), 10, 6, 10, 60.0, 20.0, 50, 200)
+        return cls(7, (1, 4, 8), 10, 6, 10, 60.0, 20.0, (10, 25, 50), 200)
 
     @classmethod
     def quick(cls) -> Settings:
-        return cls(2, (1,), 2, 1, 2, 2.0, 1.0, 4, 5)
+        return cls(2, (1,), 2, 1, 2, 2.0, 1.0, (4,), 5)
 
 
 @dataclass
@@ -292,8 +292,11 @@ def idle_cost(settings: Settings) -> list[Figure]:
 
 
 def at_scale(settings: Settings) -> list[Figure]:
-    """How the cost grows: `up`, `status` and `down` of many minimal servers, beside supervisord."""
-    count = settings.scale_instances
+    """How the cost grows: `up`, `status` and `down` of 10, 25, 50 minimal servers, beside supervisord."""
+    return [figure for count in settings.scale_sizes for figure in _at_scale(settings, count)]
+
+
+def _at_scale(settings: Settings, count: int) -> list[Figure]:
     with tempfile.TemporaryDirectory(prefix="llmctl-bench-") as temp:
         folder = Path(temp)
         text, _ = fake_entries(count)

@@ -222,3 +222,20 @@ def test_download_words_in_the_log_mean_downloading(tmp_path):
     with log.open("a") as file:
         file.write("load_tensors: ....\n")
     assert progress.check(5.0) and progress.phase == "loading"
+
+
+def test_a_fifo_or_link_in_place_of_the_log_never_hangs_the_check(tmp_path):
+    import os
+
+    from llmctl.progress import StartProgress
+
+    fifo = tmp_path / "server.log"
+    os.mkfifo(fifo)
+    progress = StartProgress(fifo, (), started=0.0, last_progress=0.0)
+    progress.check(1.0)  # returns: a FIFO is not read
+    target, link = tmp_path / "elsewhere", tmp_path / "link.log"
+    target.write_text("")
+    link.symlink_to(target)
+    through_link = StartProgress(link, (), started=0.0, last_progress=0.0)
+    target.write_text("Downloading model\n")
+    assert through_link.check(1.0) and through_link.phase == "loading"  # its text is not read through a link

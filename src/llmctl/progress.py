@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextvars
 import os
 import re
+import stat
 import time
 from collections.abc import Awaitable, Iterable
 from dataclasses import dataclass, field
@@ -58,7 +59,7 @@ class StartProgress:
         self._log_mark = _file_mark(self.log_path)
         self._dir_bytes = folder_bytes(self.download_dirs) if self.download_dirs else None
 
-    # -- reports from elsewhere ----------------------------------------------------------
+    # -- a report from the readiness probe ------------------------------------------------
 
     def answered(self, status: int | None, body: str = "") -> None:
         """A readiness probe's answer. Only a change counts: a load stuck at 503 is no progress."""
@@ -67,14 +68,6 @@ class StartProgress:
             self._answer, self._answer_changed = answer, True
             if status is not None and self.phase == "starting":
                 self.phase = "loading"  # it answers: the program is up, its model is what it waits for
-
-    def download(self, done: int, total: int | None) -> None:
-        """A backend that knows its download's size says how far it got."""
-        now = time.monotonic()
-        if done != self.downloaded or total != self.total:
-            self._note_download(done - self.downloaded, now - (self._download_seen or self.started), now)
-            self.downloaded, self.total = done, total
-            self.last_progress = now
 
     # -- the runner's check --------------------------------------------------------------
 
@@ -165,12 +158,6 @@ def report_answer(status: int | None, body: str = "") -> None:
         progress.answered(status, body)
 
 
-def report_download(done: int, total: int | None) -> None:
-    progress = current.get()
-    if progress is not None:
-        progress.download(done, total)
-
-
 def folder_bytes(folders: Iterable[Path]) -> int:
     """Bytes in the files under these folders, partial downloads included; symlinks not followed."""
     total, walked = 0, 0
@@ -233,9 +220,17 @@ def _file_mark(path: Path) -> tuple[int, int] | None:
 
 
 def _tail(path: Path) -> str:
+    """The log's last TAIL_BYTES, read without following a planted link or hanging on a FIFO."""
     try:
-        with open(path, "rb") as file:
-            file.seek(max(0, os.fstat(file.fileno()).st_size - TAIL_BYTES))
-            return file.read(TAIL_BYTES).decode("utf-8", "replace")
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError:
         return ""
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            return ""
+        return os.pread(fd, TAIL_BYTES, max(0, info.st_size - TAIL_BYTES)).decode("utf-8", "replace")
+    except OSError:
+        return ""
+    finally:
+        os.close(fd)
