@@ -181,22 +181,27 @@ def up_overhead(settings: Settings) -> list[Figure]:
 
 
 @contextmanager
-def two_fleets(count: int) -> Iterator[tuple[Path, dict[str, str], Path]]:
-    """`count` minimal servers under llmctl and as many under supervisord, all running:
-    (folder, llmctl's environment, supervisord's config); everything stopped afterwards."""
+def fake_config(count: int) -> Iterator[tuple[Path, dict[str, str]]]:
+    """A temp folder with a config of `count` minimal servers: (folder, llmctl's environment)."""
     with tempfile.TemporaryDirectory(prefix="llmctl-bench-") as temp:
         folder = Path(temp)
         text, _ = fake_entries(count)
         config = folder / "instances.yaml"
         config.write_text(text)
-        env = llmctl_env(folder, config)
-        with supervisord(folder, fake_programs(count)) as sup_config:
-            run([LLMCTL, "up"], env)
-            try:
-                wait_until(lambda: all_running(sup_config, count))
-                yield folder, env, sup_config
-            finally:
-                run([LLMCTL, "down"], env, check=False)
+        yield folder, llmctl_env(folder, config)
+
+
+@contextmanager
+def two_fleets(count: int) -> Iterator[tuple[Path, dict[str, str], Path]]:
+    """`count` minimal servers under llmctl and as many under supervisord, all running:
+    (folder, llmctl's environment, supervisord's config); everything stopped afterwards."""
+    with fake_config(count) as (folder, env), supervisord(folder, fake_programs(count)) as sup_config:
+        run([LLMCTL, "up"], env)
+        try:
+            wait_until(lambda: all_running(sup_config, count))
+            yield folder, env, sup_config
+        finally:
+            run([LLMCTL, "down"], env, check=False)
 
 
 def status_calls(settings: Settings) -> list[Figure]:
@@ -297,12 +302,7 @@ def at_scale(settings: Settings) -> list[Figure]:
 
 
 def _at_scale(settings: Settings, count: int) -> list[Figure]:
-    with tempfile.TemporaryDirectory(prefix="llmctl-bench-") as temp:
-        folder = Path(temp)
-        text, _ = fake_entries(count)
-        config = folder / "instances.yaml"
-        config.write_text(text)
-        env = llmctl_env(folder, config)
+    with fake_config(count) as (folder, env):
         ours: dict[str, list[float]] = {"up": [], "status": [], "down": []}
         theirs: dict[str, list[float]] = {"up": [], "status": [], "down": []}
         for _ in range(max(1, settings.repeats // 2)):
