@@ -11,8 +11,8 @@ import time
 
 import psutil
 
-from llmctl.memory import sample_tree
-from llmctl.process import ProcessHandle
+from llmctl.memory.measure import sample_tree
+from llmctl.system.process import ProcessHandle
 
 HOLDER = "b = bytearray(64 * 1024 * 1024)\nfor i in range(0, len(b), 4096): b[i] = 1\nimport time; time.sleep(600)"
 PARENT = "import subprocess, sys, time\n[subprocess.Popen([sys.executable, '-c', sys.argv[1]]) for _ in range(int(sys.argv[2]))]\ntime.sleep(600)"

@@ -14,8 +14,8 @@ import subprocess
 import sys
 import time
 
-from llmctl.memory import GpuMemory, sample_tree
-from llmctl.process import ProcessHandle
+from llmctl.memory.measure import GpuMemory, sample_tree
+from llmctl.system.process import ProcessHandle
 
 WORKER = """
 import sys, time, torch

@@ -5,6 +5,9 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import typer
+
+from llmctl.cli.app import app
 from llmctl.cli.completion import generate
 
 FILES = {"bash": "llmctl.bash", "zsh": "_llmctl", "fish": "llmctl.fish"}
@@ -14,7 +17,7 @@ def main() -> int:
     folder = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(__file__).resolve().parent.parent / "completions"
     folder.mkdir(exist_ok=True)
     for shell, name in FILES.items():
-        (folder / name).write_text(generate(shell))
+        (folder / name).write_text(generate(shell, typer.main.get_command(app)))
     print(f"wrote {', '.join(FILES.values())} in {folder}")
     return 0
 

@@ -9,10 +9,10 @@ import json
 import sys
 import time
 
-from llmctl.config import parse_config
+from llmctl.config.schema import parse_config
+from llmctl.control.states import State
+from llmctl.control.supervisor import Supervisor
 from llmctl.paths import StatePaths
-from llmctl.states import State
-from llmctl.supervisor import Supervisor
 
 from .helpers import FAKE_SERVER, free_port
 

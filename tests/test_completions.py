@@ -28,7 +28,7 @@ def test_committed_completions_are_not_stale(shell):
 def test_every_visible_command_and_option_is_in_the_scripts():
     from llmctl.cli.completion import model
 
-    _, commands = model()
+    _, commands = model(_group())
     bash = (ROOT / "completions" / "llmctl.bash").read_text()
     fish = (ROOT / "completions" / "llmctl.fish").read_text()
     for command in commands:
@@ -43,7 +43,7 @@ def test_a_changed_cli_makes_the_check_fail(tmp_path):
     """The staleness check compares whole files: an option added to the CLI shows up as a difference."""
     from llmctl.cli.completion import Option, _bash, model
 
-    global_options, commands = model()
+    global_options, commands = model(_group())
     first = commands[0]
     changed = first.__class__(first.name, first.help, (*first.options, Option(("--brand-new",), "", False, False)), True)
     assert _bash(global_options, (changed, *commands[1:])) != (ROOT / "completions" / "llmctl.bash").read_text()
@@ -97,9 +97,17 @@ def test_help_shows_no_python_types():
     """`--help` reads like a man page: no `<bool>` after a flag, no `<list[str]>` after an argument."""
     from llmctl.cli.completion import model
 
-    _, commands = model()
+    _, commands = model(_group())
     for argv in [[], *([command.name] for command in commands), ["service", "install"]]:
         shown = llmctl(*argv, "--help", env={"COLUMNS": "120"})
         assert shown.returncode == 0, shown.stderr
         for word in ("<bool>", "<list", "<str>", "<path>", "<float", "<int"):
             assert word not in shown.stdout, (argv, word)
+
+
+def _group():
+    import typer
+
+    from llmctl.cli.app import app
+
+    return typer.main.get_command(app)

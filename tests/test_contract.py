@@ -10,8 +10,9 @@ import time
 
 import pytest
 
-from llmctl import errors, statusdoc
-from llmctl.client import request
+from llmctl import errors
+from llmctl.control import statusdoc
+from llmctl.control.client import request
 from llmctl.paths import StatePaths
 
 from .helpers import LLMCTL, by_name, command_instance, free_port, llmctl, status_json, write_config

@@ -74,7 +74,7 @@ def test_the_first_crash_of_a_healthy_server_restarts_at_once(tmp_path):
 
 
 def test_a_reused_pid_is_never_adopted_nor_signalled(tmp_path, state_dir):
-    from llmctl.config import load_config
+    from llmctl.config.schema import load_config
 
     config_path = write_config(tmp_path, "instances:" + command_instance("fake", free_port()))
     stranger = subprocess.Popen(["sleep", "1000"])
@@ -147,7 +147,7 @@ def test_secrets_are_redacted_in_status_and_log_lines(tmp_path, state_dir):
 
 
 def test_argv_secrets_are_masked_in_llmctl_log_lines():
-    from llmctl.redact import redact_argv
+    from llmctl.system.redact import redact_argv
 
     assert redact_argv(["llama-server", "--api-key", "k1", "--api-key=k2", "-m", "x"]) == [
         "llama-server",

@@ -11,9 +11,9 @@ import tracemalloc
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from llmctl import state
-from llmctl.httpclient import HttpError, request
-from llmctl.logfiles import MAX_LINE, SPLIT_MARKER, _Follower, last_lines
+from llmctl.control import state
+from llmctl.logs.files import MAX_LINE, SPLIT_MARKER, _Follower, last_lines
+from llmctl.system.http import HttpError, request
 
 FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 

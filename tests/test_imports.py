@@ -20,10 +20,11 @@ def imported_after(statement: str) -> list[str]:
 @pytest.mark.parametrize(
     "statement",
     [
-        "import llmctl.daemon, llmctl.control",  # the supervisor process
-        "import llmctl.client, llmctl.paths, llmctl.cli.render",  # the `status` fast path
-        "import llmctl.backends, llmctl.memory, llmctl.spec",  # the core the supervisor uses
-        "import llmctl.service, llmctl.configcache, llmctl.cli.report",  # the `up` fast path
+        "import llmctl.control.daemon, llmctl.control.server",  # the supervisor process
+        "import llmctl.gateway.__main__",  # the gateway process
+        "import llmctl.control.client, llmctl.paths, llmctl.cli.render",  # the `status` fast path
+        "import llmctl.backends, llmctl.memory.measure, llmctl.spec",  # the core the supervisor uses
+        "import llmctl.control.service, llmctl.config.cache, llmctl.cli.report",  # the `up` fast path
     ],
 )
 def test_heavy_libraries_stay_out(statement):
@@ -31,7 +32,8 @@ def test_heavy_libraries_stay_out(statement):
 
 
 def test_the_core_imports_no_terminal_library():
-    assert not {"typer", "rich"} & set(imported_after("import llmctl.config, llmctl.service, llmctl.supervisor"))
+    statement = "import llmctl.config.schema, llmctl.control.service, llmctl.control.supervisor, llmctl.gateway.server"
+    assert not {"typer", "rich"} & set(imported_after(statement))
 
 
 def test_the_up_fast_path_reuses_a_validated_config_without_the_schema(tmp_path, monkeypatch):
@@ -41,7 +43,7 @@ def test_the_up_fast_path_reuses_a_validated_config_without_the_schema(tmp_path,
     code = f"""
 import sys
 from pathlib import Path
-from llmctl.configcache import load_config_cached
+from llmctl.config.cache import load_config_cached
 config = load_config_cached(Path({str(config)!r}), Path({str(tmp_path / "cache")!r}))
 print(config.names, "pydantic" in sys.modules)
 """
@@ -65,7 +67,11 @@ print(config.names, "pydantic" in sys.modules)
     assert run()[0] == "9003"  # a referenced variable changed: not the cached config
 
 
-def test_the_supervisor_imports_aiohttp_only_for_a_gateway():
-    code = "import sys, llmctl.daemon, llmctl.supervisor; print('aiohttp' in sys.modules)"
+def test_the_supervisor_never_loads_the_data_plane():
+    """The gateway is a process of its own: the supervisor imports neither it nor its HTTP library."""
+    code = (
+        "import sys, llmctl.control.daemon, llmctl.control.supervisor, llmctl.control.gatewayproc\n"
+        "print(sorted(m for m in sys.modules if m.startswith('llmctl.gateway') or m == 'aiohttp'))"
+    )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert result.stdout.strip() == "False"
+    assert result.stdout.strip() == "[]"

@@ -60,7 +60,7 @@ runpy.run_path({hub!r}, run_name="__main__")
 
 def test_log_hub_keeps_draining_when_the_disk_is_full(tmp_path):
     """On a full disk the hub drops lines but keeps reading, so a server never blocks on output."""
-    from llmctl import logrelay
+    from llmctl.logs import relay as logrelay
 
     pipes, logs = tmp_path / "pipes", tmp_path / "logs"
     pipes.mkdir()
@@ -85,7 +85,7 @@ def test_log_hub_keeps_draining_when_the_disk_is_full(tmp_path):
 
 
 def test_over_long_lines_are_split_with_a_marker():
-    from llmctl.logrelay import SPLIT_MARKER, split_lines
+    from llmctl.logs.relay import SPLIT_MARKER, split_lines
 
     out, rest = split_lines(b"", b"short\n" + b"y" * 25 + b"\nz" + b"w" * 30, max_line=10)
     pieces = (
@@ -119,7 +119,7 @@ def rotate(log, backups: int) -> None:
 
 def test_a_follower_goes_through_every_rotation_in_order(tmp_path):
     """Three rotations between two looks, as under a 20 MB/s flood: every line, in order."""
-    from llmctl.logfiles import _Follower
+    from llmctl.logs.files import _Follower
 
     log = tmp_path / "x.log"
     log.write_text("line 1\n")
@@ -139,7 +139,7 @@ def test_a_follower_goes_through_every_rotation_in_order(tmp_path):
 
 
 def test_logs_splits_an_over_long_line_and_holds_no_more_than_a_piece(tmp_path):
-    from llmctl.logfiles import MAX_LINE, SPLIT_MARKER, _Follower, last_lines
+    from llmctl.logs.files import MAX_LINE, SPLIT_MARKER, _Follower, last_lines
 
     log = tmp_path / "x.log"
     log.write_bytes(b"short\n" + b"y" * (3 * MAX_LINE + 10) + b"\nend\n")
@@ -232,7 +232,7 @@ def test_logs_since_refuses_what_it_cannot_read(tmp_path, state_dir, value):
 def test_parse_since_forms():
     import datetime
 
-    from llmctl.logfiles import parse_since
+    from llmctl.logs.files import parse_since
 
     now = 1_800_000_000.0
     assert parse_since("90s", now) == now - 90 and parse_since("90", now) == now - 90

@@ -11,7 +11,7 @@ import threading
 from types import SimpleNamespace
 from typing import ClassVar
 
-from llmctl import process
+from llmctl.system import process
 
 
 class FakeKqueue:

@@ -10,8 +10,8 @@ import types
 import psutil
 import pytest
 
-from llmctl import memory
-from llmctl.process import ProcessHandle
+from llmctl.memory import measure as memory
+from llmctl.system.process import ProcessHandle
 
 from .helpers import by_name, command_instance, free_port, llmctl, status_json, wait_for, write_config
 
@@ -216,7 +216,7 @@ def test_gguf_header_reader_agrees_with_the_gguf_package(big_gguf_model, gguf_mo
     the gguf package is the reference."""
     import gguf
 
-    from llmctl.ggufinfo import read_gguf
+    from llmctl.memory.gguf import read_gguf
 
     for path in (big_gguf_model, gguf_model):
         reference = gguf.GGUFReader(str(path))

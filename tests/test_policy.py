@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from llmctl.policy import JITTER, Attempt, Rules, decide, delay_after, trim
+from llmctl.control.policy import JITTER, Attempt, Rules, decide, delay_after, trim
 
 RULES = Rules(policy="on-failure", backoff=1.0, max_backoff=8.0, max_starts=5, window=60.0)
 

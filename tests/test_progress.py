@@ -144,7 +144,7 @@ def test_mlx_loading_a_local_folder_shows_its_phase(tmp_path, state_dir, mlx_mod
 
 def test_progress_signs_one_by_one(tmp_path):
     """StartProgress on its own: each sign of life counts once; nothing, for long, is a stall."""
-    from llmctl.progress import StartProgress, phase_text
+    from llmctl.logs.progress import StartProgress, phase_text
 
     log, cache = tmp_path / "server.log", tmp_path / "cache"
     log.write_text("start\n")
@@ -176,7 +176,7 @@ def test_progress_signs_one_by_one(tmp_path):
 
 
 def test_a_progress_bar_in_the_log_is_a_download_even_without_a_watched_folder(tmp_path):
-    from llmctl.progress import StartProgress
+    from llmctl.logs.progress import StartProgress
 
     log = tmp_path / "server.log"
     log.write_text("start\n")
@@ -209,7 +209,7 @@ def test_a_silent_download_into_the_instances_own_cache_is_progress_without_a_mo
 
 
 def test_download_words_in_the_log_mean_downloading(tmp_path):
-    from llmctl.progress import StartProgress
+    from llmctl.logs.progress import StartProgress
 
     log = tmp_path / "server.log"
     log.write_text("")
@@ -227,7 +227,7 @@ def test_download_words_in_the_log_mean_downloading(tmp_path):
 def test_a_fifo_or_link_in_place_of_the_log_never_hangs_the_check(tmp_path):
     import os
 
-    from llmctl.progress import StartProgress
+    from llmctl.logs.progress import StartProgress
 
     fifo = tmp_path / "server.log"
     os.mkfifo(fifo)

@@ -21,10 +21,10 @@ from pathlib import Path
 
 import pytest
 
-from llmctl import client
+from llmctl.control import client
 from llmctl.errors import SupervisorError
-from llmctl.httpclient import HttpError, request
 from llmctl.paths import StatePaths
+from llmctl.system.http import HttpError, request
 
 from .helpers import (
     LLMCTL,
@@ -364,7 +364,7 @@ def test_one_endless_line_costs_the_log_hub_no_memory(tmp_path):
     """A 50 MB line without a newline used to grow the relay by 40 MB; the hub cuts it in pieces."""
     import psutil
 
-    from llmctl import logrelay
+    from llmctl.logs import relay as logrelay
 
     pipes, logs = tmp_path / "pipes", tmp_path / "logs"
     pipes.mkdir()
@@ -410,7 +410,7 @@ def test_one_endless_line_costs_the_log_hub_no_memory(tmp_path):
     ],
 )
 def test_what_counts_as_a_secret_name(name, secret):
-    from llmctl.redact import is_secret_name
+    from llmctl.system.redact import is_secret_name
 
     assert is_secret_name(name) is secret
 

@@ -10,14 +10,14 @@ import subprocess
 import sys
 import time
 
-from llmctl import state
+from llmctl.control import state
 
 from .helpers import LLMCTL, by_name, command_instance, free_port, status_json, wait_for, write_config
 
 WRITER = """
 import sys
 from pathlib import Path
-from llmctl.state import InstanceRecord, save
+from llmctl.control.state import InstanceRecord, save
 path = Path(sys.argv[1])
 spec = {"name": "x", "backend": "command", "command": ["x" * 4000], "port": 9000}
 n = 0
@@ -44,7 +44,7 @@ def test_kill_9_in_the_middle_of_writes_never_leaves_a_broken_file(tmp_path):
 FULL_DISK = """
 import json, resource, signal, sys
 from pathlib import Path
-from llmctl.state import InstanceRecord, load, save
+from llmctl.control.state import InstanceRecord, load, save
 path = Path(sys.argv[1])
 save(path, None, [InstanceRecord("old", {})])
 # A file may not grow past 16 KiB: writes beyond fail with EFBIG, as they would with ENOSPC on a full disk.

@@ -206,7 +206,7 @@ def test_five_concurrent_up_start_one_supervisor_and_each_instance_once(tmp_path
     ]
     results = [run.communicate(timeout=120) for run in runs]
     assert [run.returncode for run in runs] == [0] * 5, results
-    supervisors = [p for p in processes_mentioning("llmctl.daemon") if str(state_dir) in " ".join(p.cmdline())]
+    supervisors = [p for p in processes_mentioning("llmctl.control.daemon") if str(state_dir) in " ".join(p.cmdline())]
     assert len(supervisors) == 1
     for port in ports:
         servers = [p for p in processes_mentioning(str(port)) if "fake_server.py" in " ".join(p.cmdline())]

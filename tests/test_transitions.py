@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from llmctl import states
-from llmctl.states import TRANSITIONS, IllegalTransition, State
+from llmctl.control import states
+from llmctl.control.states import TRANSITIONS, IllegalTransition, State
 
 from .helpers import ROOT, by_name, fake_server_command, free_port, llmctl, status_json, wait_for, write_config
 

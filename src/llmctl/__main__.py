@@ -41,20 +41,20 @@ def _fast_status(argv: list[str]) -> int | None:
     parsed = _parse(argv, {"--json"}, {})
     if parsed is None or (not parsed.get("--json") and sys.stdout.isatty()):
         return None  # a terminal gets the Rich table
-    from . import client
-    from .errors import LlmctlError
-    from .paths import StatePaths
+    from llmctl.control import client
+    from llmctl.errors import LlmctlError
+    from llmctl.paths import StatePaths
 
     try:
         answer = client.request(StatePaths.default(), {"op": "status"}, timeout=10.0)
     except LlmctlError:
         return None
-    from .statusdoc import document, select
+    from llmctl.control.statusdoc import document, select
 
     instances, unknown = select(answer["instances"], parsed["names"])
     if unknown:
         return None  # the full path shows a configured instance the supervisor never ran, or the error
-    from .cli.render import write_status
+    from llmctl.cli.render import write_status
 
     status = document(answer["supervisor"], answer.get("system"), instances, answer.get("gateway"))
     write_status(status, as_json=bool(parsed.get("--json")))
@@ -71,10 +71,11 @@ def _fast_up(argv: list[str]) -> int | None:
         return None  # Typer words the error
     if timeout is not None and timeout < 0:
         return None
-    from . import service
-    from .cli.report import report_error, report_settled
-    from .errors import LlmctlError
-    from .paths import StatePaths, find_config_path
+    from llmctl.cli.report import report_error, report_settled
+    from llmctl.control import service
+    from llmctl.control.state import find_config_path
+    from llmctl.errors import LlmctlError
+    from llmctl.paths import StatePaths
 
     as_json = bool(parsed.get("--json"))
     names: list[str] = parsed["names"]
@@ -111,7 +112,7 @@ def main() -> None:
         code = 1
     if code is not None:
         sys.exit(code)
-    from .cli.app import run
+    from llmctl.cli.app import run
 
     run()
 

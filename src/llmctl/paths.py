@@ -22,7 +22,7 @@ def private_dir(path: Path) -> Path:
 
     Raises SupervisorError (exit 3) naming the path and the fix.
     """
-    from .errors import SupervisorError
+    from llmctl.errors import SupervisorError
 
     try:
         missing = [folder for folder in (path, *path.parents) if not folder.exists()]
@@ -112,6 +112,10 @@ class StatePaths:
         return self.root / "supervisor.log"
 
     @property
+    def gateway_log(self) -> Path:
+        return self.root / "gateway.log"
+
+    @property
     def socket(self) -> Path:
         preferred = self.root / "supervisor.sock"
         if len(os.fsencode(preferred)) <= _MAX_SOCKET_PATH:
@@ -124,27 +128,3 @@ class StatePaths:
         short_dir = Path(tempfile.gettempdir()) / f"llmctl-{os.getuid()}"
         return private_dir(short_dir) / f"{digest}.sock"
 
-
-def find_config_path(explicit: str | os.PathLike[str] | None, paths: StatePaths | None = None) -> Path:
-    """`-f/--file`, then $LLMCTL_CONFIG, then ./instances.yaml, then the config of the fleet
-    running in `paths` (so `logs`, `up` and `restart` work from any folder, as `docker compose -p` does)."""
-    if explicit:
-        return Path(explicit).expanduser().absolute()
-    from_env = os.environ.get(CONFIG_ENV)
-    if from_env:
-        return Path(from_env).expanduser().absolute()
-    local = Path.cwd() / DEFAULT_CONFIG_NAME
-    if paths is not None and not local.exists():
-        return running_config_path(paths) or local
-    return local
-
-
-def running_config_path(paths: StatePaths) -> Path | None:
-    """The config file the supervisor of `paths` was last given, if it still exists."""
-    from .state import load
-
-    saved, _ = load(paths.state_file)
-    recorded = (saved.config or {}).get("path")
-    if isinstance(recorded, str) and recorded and Path(recorded).is_file():
-        return Path(recorded)
-    return None

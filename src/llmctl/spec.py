@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from .errors import ConfigError
+from llmctl.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -101,6 +101,13 @@ class GatewaySpec:
     max_body: int
     max_wait: float
     drain_timeout: float
+    start_grace: float = 60.0
+    max_connections: int = 4096
+    header_timeout: float = 10.0
+    idle_timeout: float = 60.0
+    read_timeout: float = 600.0
+    pool_max: int = 64
+    pool_wait: float = 30.0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "cors_origins", tuple(self.cors_origins))

@@ -8,11 +8,11 @@ import pkgutil
 from functools import cache
 from typing import TYPE_CHECKING
 
-from ..errors import StartError
-from .base import Backend, NotReady
+from llmctl.backends.base import Backend, NotReady
+from llmctl.errors import StartError
 
 if TYPE_CHECKING:
-    from ..spec import InstanceSpec
+    from llmctl.spec import InstanceSpec
 
 
 @cache

@@ -18,11 +18,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
-from ..errors import BinaryNotFound
+from llmctl.errors import BinaryNotFound
 
 if TYPE_CHECKING:
-    from ..httpclient import HttpClient
-    from ..spec import InstanceSpec
+    from llmctl.spec import InstanceSpec
+    from llmctl.system.http import HttpClient
 
 # Readiness is polled at a growing interval: a server ready in 60 ms is seen within ~20 ms of it,
 # one that loads for minutes costs a probe every READY_POLL_MAX, not 20 a second in its log.
@@ -153,8 +153,8 @@ async def get_status(http: HttpClient, url: str, timeout: float) -> int | None:
     """The HTTP status of GET url, or None when nothing answers in time.
 
     During a start each answer is reported to llmctl.progress: a new one ("Loading model") is progress."""
-    from ..httpclient import HttpError
-    from ..progress import report_answer
+    from llmctl.logs.progress import report_answer
+    from llmctl.system.http import HttpError
 
     try:
         response = await http.get(url, timeout=timeout)

@@ -9,13 +9,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..errors import BinaryNotFound
-from ..progress import huggingface_cache, huggingface_repo_folder
-from .base import Backend, poll_until_ok, resolve_model_path, resolve_program
+from llmctl.backends.base import Backend, poll_until_ok, resolve_model_path, resolve_program
+from llmctl.errors import BinaryNotFound
+from llmctl.logs.progress import huggingface_cache, huggingface_repo_folder
 
 if TYPE_CHECKING:
-    from ..httpclient import HttpClient
-    from ..spec import InstanceSpec
+    from llmctl.spec import InstanceSpec
+    from llmctl.system.http import HttpClient
 
 
 class CommandBackend(Backend):

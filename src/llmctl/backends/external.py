@@ -7,12 +7,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ..errors import StartError
-from .base import Backend, poll_until_ok
+from llmctl.backends.base import Backend, poll_until_ok
+from llmctl.errors import StartError
 
 if TYPE_CHECKING:
-    from ..httpclient import HttpClient
-    from ..spec import InstanceSpec
+    from llmctl.spec import InstanceSpec
+    from llmctl.system.http import HttpClient
 
 # What each kind of server answers 2xx on once it can serve, from their documentation:
 # LM Studio and GPT4All serve the OpenAI API (/v1/models); LocalAI has /readyz; Ollama /api/version;

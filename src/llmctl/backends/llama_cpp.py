@@ -6,14 +6,14 @@ import importlib
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..errors import BinaryNotFound
-from ..ggufinfo import GgufError, read_gguf
-from ..progress import huggingface_repo_folder
-from .base import Backend, option_value, poll_until_ok, resolve_model_path, resolve_program
+from llmctl.backends.base import Backend, option_value, poll_until_ok, resolve_model_path, resolve_program
+from llmctl.errors import BinaryNotFound
+from llmctl.logs.progress import huggingface_repo_folder
+from llmctl.memory.gguf import GgufError, read_gguf
 
 if TYPE_CHECKING:
-    from ..httpclient import HttpClient
-    from ..spec import InstanceSpec
+    from llmctl.spec import InstanceSpec
+    from llmctl.system.http import HttpClient
 
 GGUF_MAGIC = b"GGUF"
 # What a llama-server process takes besides weights, KV cache and compute buffers (binary, libraries,

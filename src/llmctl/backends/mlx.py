@@ -14,13 +14,21 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..progress import huggingface_repo_folder
-from ..safefiles import read_regular_file
-from .base import READY_POLL_MAX, Backend, NotReady, get_status, load_timeout, poll_delays, resolve_model_path
+from llmctl.backends.base import (
+    READY_POLL_MAX,
+    Backend,
+    NotReady,
+    get_status,
+    load_timeout,
+    poll_delays,
+    resolve_model_path,
+)
+from llmctl.logs.progress import huggingface_repo_folder
+from llmctl.system.files import read_regular_file
 
 if TYPE_CHECKING:
-    from ..httpclient import HttpClient
-    from ..spec import InstanceSpec
+    from llmctl.spec import InstanceSpec
+    from llmctl.system.http import HttpClient
 
 _LOCAL_PREFIXES = ("/", "./", "../", "~")
 # Python, MLX and the tokenizer stack before any weights: about 90 MiB measured on Linux.

@@ -10,11 +10,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .base import Backend, NotReady, load_timeout, poll_delays, poll_until_ok
+from llmctl.backends.base import Backend, NotReady, load_timeout, poll_delays, poll_until_ok
 
 if TYPE_CHECKING:
-    from ..httpclient import HttpClient
-    from ..spec import InstanceSpec
+    from llmctl.spec import InstanceSpec
+    from llmctl.system.http import HttpClient
 
 
 class OllamaBackend(Backend):

@@ -13,14 +13,15 @@ from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 
-from .. import service, statusdoc
-from ..errors import ConfigError, InternalError, LlmctlError, SupervisorError
-from ..paths import StatePaths, find_config_path
-from . import render
-from .report import report_error, report_settled
+from llmctl.cli import render
+from llmctl.cli.report import report_error, report_settled
+from llmctl.control import service, statusdoc
+from llmctl.control.state import find_config_path
+from llmctl.errors import ConfigError, InternalError, LlmctlError, SupervisorError
+from llmctl.paths import StatePaths
 
 if TYPE_CHECKING:
-    from ..spec import Config
+    from llmctl.spec import Config
 
 EXIT_FAILED = 1
 EXIT_INTERRUPTED = 130
@@ -51,7 +52,7 @@ class _Globals:
 
 def _print_version(value: bool) -> None:
     if value:
-        from .. import __version__
+        from llmctl import __version__
 
         print(f"llmctl {__version__}")
         raise typer.Exit()
@@ -147,8 +148,9 @@ def _run_foreground(paths: StatePaths, config: Config, names: list[str], force: 
     import logging
     import signal
 
-    from .. import client
-    from ..daemon import acquire_supervisor_lock, run_supervisor
+    from llmctl.control import client
+    from llmctl.control.daemon import run_supervisor
+    from llmctl.control.lock import acquire_supervisor_lock
 
     if client.is_running(paths):
         raise SupervisorError(f"a background supervisor already runs for {paths.root}; `llmctl down` it first")
@@ -158,7 +160,7 @@ def _run_foreground(paths: StatePaths, config: Config, names: list[str], force: 
     )
 
     async def supervise(supervisor: Any) -> None:
-        from ..logfiles import Tail
+        from llmctl.logs.files import Tail
 
         specs = config.select(names)
         tail = Tail({spec.name: paths.log_file(spec.name) for spec in specs})
@@ -252,9 +254,9 @@ def logs(
     """Print the last lines of instance logs, or follow them; several interleave with a name prefix.
 
     On a terminal, control characters a server printed are shown as escapes (\\x1b...), never obeyed."""
-    from ..backends import backend_for
-    from ..logfiles import follow as follow_logs
-    from ..logfiles import last_lines, lines_since, parse_since
+    from llmctl.backends import backend_for
+    from llmctl.logs.files import follow as follow_logs
+    from llmctl.logs.files import last_lines, lines_since, parse_since
 
     try:
         since_epoch = parse_since(since) if since is not None else None
@@ -365,7 +367,7 @@ def init(
     stdout: Annotated[bool, typer.Option("--stdout", help="Print the config instead of writing it.")] = False,
 ) -> None:
     """Write a commented starter instances.yaml from the servers and models found on this machine."""
-    from .. import starter
+    from llmctl.beyond import init as starter
 
     text = starter.render(starter.discover())
     if stdout:
@@ -388,8 +390,8 @@ def doctor(file: FileOption = None, json_output: JsonOption = False) -> None:
 
     Exit 0 when nothing is wrong (warnings allowed), 1 when there is a problem.
     """
-    from .. import doctor as checks
-    from ..config import load_config
+    from llmctl.beyond import doctor as checks
+    from llmctl.config.schema import load_config
 
     paths = StatePaths.default()
     findings = checks.diagnose(_config_path(file), paths, lambda path: load_config(path, check_backends=False))
@@ -406,11 +408,11 @@ def completion(
     shell: Annotated[str, typer.Argument(help="bash, zsh or fish.", show_default=False, metavar="SHELL")],
 ) -> None:
     """Print the shell completion script (instance names complete from the config in use)."""
-    from .completion import SHELLS, generate
+    from llmctl.cli.completion import SHELLS, generate
 
     if shell not in SHELLS:
         raise ConfigError(f"unknown shell {shell!r}: llmctl completes in {', '.join(SHELLS)}")
-    sys.stdout.write(generate(shell))
+    sys.stdout.write(generate(shell, typer.main.get_command(app)))
 
 
 @app.command("_names", hidden=True)
@@ -433,7 +435,7 @@ def export_config(
     ] = None,
 ) -> None:
     """Render the config as Kubernetes manifests or a compose file (what it cannot say is marked REPLACE-ME)."""
-    from .. import export
+    from llmctl.beyond import export
 
     if kind not in ("kubernetes", "compose"):
         raise ConfigError(f"unknown export {kind!r}: llmctl exports kubernetes or compose")
@@ -469,7 +471,7 @@ PlatformOption = Annotated[
 
 
 def _service_plan(file: Path | None, platform: str | None) -> Any:
-    from .. import loginservice
+    from llmctl.beyond import loginservice
 
     _known_platform(platform)
     config = _config(file)  # a service for a config that does not load would only fail at login
@@ -490,7 +492,7 @@ def service_install(
     platform: PlatformOption = None,
 ) -> None:
     """Write the agent or unit for this config and load it: the servers start now and at each login."""
-    from .. import loginservice
+    from llmctl.beyond import loginservice
 
     target = _service_plan(file, platform)
     try:
@@ -511,7 +513,7 @@ def service_install(
 @service_app.command("uninstall")
 def service_uninstall(platform: PlatformOption = None) -> None:
     """Stop the service (and so its servers) and remove its file."""
-    from .. import loginservice
+    from llmctl.beyond import loginservice
 
     _known_platform(platform)
     target = loginservice.plan(platform or loginservice.current_platform(), Path("/"), StatePaths.default().root)
@@ -524,7 +526,7 @@ def service_uninstall(platform: PlatformOption = None) -> None:
 @service_app.command("status")
 def service_status(platform: PlatformOption = None) -> None:
     """Whether the login service is installed, and what the service manager says of it (exit 1: not installed)."""
-    from .. import loginservice
+    from llmctl.beyond import loginservice
 
     _known_platform(platform)
     target = loginservice.plan(platform or loginservice.current_platform(), Path("/"), StatePaths.default().root)

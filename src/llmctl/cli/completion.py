@@ -33,13 +33,11 @@ class Command:
     words: tuple[str, ...] = ()  # what its argument can be: subcommands (`service install`), or fixed choices
 
 
-def model() -> tuple[tuple[Option, ...], tuple[Command, ...]]:
-    """The global options and the visible commands, read from the Typer app."""
+def model(group: Any) -> tuple[tuple[Option, ...], tuple[Command, ...]]:
+    """The global options and the visible commands of `group`, the click group of the Typer app (the
+    app hands itself in: this module never imports it)."""
     import typer
 
-    from .app import app
-
-    group: Any = typer.main.get_command(app)
     context = typer.Context(group)
     global_options = _options(group)
     commands = []
@@ -80,8 +78,9 @@ def _short(text: str) -> str:
     return first.rstrip(".")
 
 
-def generate(shell: str) -> str:
-    global_options, commands = model()
+def generate(shell: str, group: Any) -> str:
+    """The completion script for `shell` (bash, zsh or fish); ValueError for another shell."""
+    global_options, commands = model(group)
     if shell == "bash":
         return _bash(global_options, commands)
     if shell == "zsh":

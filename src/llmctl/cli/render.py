@@ -11,8 +11,8 @@ import os
 import sys
 from pathlib import Path
 
-from .. import budget
-from ..progress import phase_text
+from llmctl.logs.progress import phase_text
+from llmctl.memory import budget
 
 TYPE_CHECKING = False  # not `from typing`: importing typing costs `llmctl status` 4 ms
 if TYPE_CHECKING:

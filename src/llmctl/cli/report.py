@@ -10,10 +10,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .. import service, statusdoc
-from ..errors import LlmctlError
-from ..paths import StatePaths
-from . import render
+from llmctl.cli import render
+from llmctl.control import service, statusdoc
+from llmctl.errors import LlmctlError
+from llmctl.paths import StatePaths
 
 EXIT_FAILED = 1
 EXIT_INTERRUPTED = 130
@@ -76,7 +76,7 @@ def report_settled(
 
 
 def explain_failure(instance: dict[str, Any]) -> None:
-    from ..logfiles import last_lines
+    from llmctl.logs.files import last_lines
 
     reason = instance.get("last_error") or instance.get("reason") or instance["state"]
     retry = " (retrying per its restart policy)" if instance["state"] == "backoff" else ""

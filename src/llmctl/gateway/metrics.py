@@ -1,9 +1,18 @@
-"""The gateway's counters, per instance, as Prometheus text and as a dict for `status --json`."""
+"""The gateway's counters, per instance, as Prometheus text (the exposition format 0.0.4).
+
+Request counts and latencies are the gateway's own (they start again with its process, as Prometheus
+counters may); starts, evictions and load times are the runners' (llmctl.control.runner.Usage), as
+the supervisor last pushed them with the routes."""
 
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from llmctl.planes import Route
 
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
 
@@ -27,25 +36,17 @@ class InstanceMetrics:
     requests: Counter[int] = field(default_factory=Counter)  # by HTTP status (499: the client went away)
     in_flight: int = 0
     queued: int = 0
-    starts: int = 0
-    evictions: int = 0
-    load_seconds: float | None = None
     first_byte: Histogram = field(default_factory=Histogram)
     duration: Histogram = field(default_factory=Histogram)
 
-    def summary(self) -> dict[str, object]:
-        return {
-            "requests": sum(self.requests.values()),
-            "requests_by_status": {str(status): count for status, count in sorted(self.requests.items())},
-            "in_flight": self.in_flight,
-            "queued": self.queued,
-            "starts": self.starts,
-            "evictions": self.evictions,
-            "load_seconds": self.load_seconds,
-        }
 
+def prometheus(metrics: dict[str, InstanceMetrics], routes: Mapping[str, Route]) -> str:
+    """The exposition text: `metrics` by instance name, lifecycle figures from `routes`."""
 
-def prometheus(metrics: dict[str, InstanceMetrics]) -> str:
+    def usage(name: str, key: str) -> object:
+        route = routes.get(name)
+        return route.usage.get(key) if route is not None else None
+
     lines: list[str] = []
 
     def family(name: str, kind: str, help_text: str) -> None:
@@ -58,17 +59,23 @@ def prometheus(metrics: dict[str, InstanceMetrics]) -> str:
     gauges = (
         ("in_flight", "gauge", "Requests being served.", lambda m: m.in_flight),
         ("queued", "gauge", "Requests waiting for their instance to start.", lambda m: m.queued),
-        ("starts_total", "counter", "Starts the gateway asked for.", lambda m: m.starts),
-        ("evictions_total", "counter", "Idle instances stopped to make room.", lambda m: m.evictions),
     )
     for metric, kind, help_text, value in gauges:
         family(metric, kind, help_text)
         for name, m in metrics.items():
             lines.append(f'llmctl_gateway_{metric}{{instance="{name}"}} {value(m)}')
-    family("load_seconds", "gauge", "How long the last start took until healthy.")
-    for name, m in metrics.items():
-        if m.load_seconds is not None:
-            lines.append(f'llmctl_gateway_load_seconds{{instance="{name}"}} {m.load_seconds:.3f}')
+    for metric, key, help_text in (
+        ("starts_total", "starts", "Starts that requests caused."),
+        ("evictions_total", "evictions", "Idle instances stopped to make room."),
+    ):
+        family(metric, "counter", help_text)
+        for name in metrics:
+            lines.append(f'llmctl_gateway_{metric}{{instance="{name}"}} {usage(name, key) or 0}')
+    family("load_seconds", "gauge", "How long the last start on demand took until healthy.")
+    for name in metrics:
+        load = usage(name, "load_seconds")
+        if isinstance(load, (int, float)):
+            lines.append(f'llmctl_gateway_load_seconds{{instance="{name}"}} {load:.3f}')
     for metric, attribute, help_text in (
         ("time_to_first_byte_seconds", "first_byte", "From the request to the first byte of the answer."),
         ("request_duration_seconds", "duration", "From the request to the end of the answer."),

@@ -1,296 +1,412 @@
-"""One port for every model: an aiohttp server inside the supervisor that routes OpenAI-style
-requests by their `model` to the instance of that name or alias, streaming answers through as they
-come. Admission (starts, queues, eviction, TTL) is llmctl.gateway.admission's.
+"""One port for every model: the data plane, an aiohttp server in a process of its own.
+
+It routes OpenAI-style requests by their `model` to the instance of that name or alias and streams
+answers through as they come. It decides nothing about lifecycle: it learns the routes from the
+supervisor (llmctl.gateway.link), sends a request straight on when its instance is healthy (and
+says so), and otherwise asks the supervisor for the instance and waits for the answer. What it
+guards itself: the edges (llmctl.gateway.edges, .headers, .body), the connections it accepts
+(llmctl.gateway.guard) and one upstream connection pool per instance.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hmac
 import json
 import logging
-import os
-import re
 import time
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from dataclasses import fields
+from typing import Any
 
 import aiohttp
 from aiohttp import web
 
-from ..errors import ConfigError
-from ..safefiles import read_regular_file
-from .admission import Admission, Refused
-from .metrics import prometheus
-
-if TYPE_CHECKING:
-    from ..runner import Runner
-    from ..spec import GatewaySpec, InstanceSpec
-    from ..supervisor import Supervisor
+from llmctl.errors import ConfigError
+from llmctl.gateway import edges
+from llmctl.gateway.body import LARGE_BODY, model_of, read_body, with_model
+from llmctl.gateway.guard import Gate, Limits
+from llmctl.gateway.headers import request_headers, response_headers
+from llmctl.gateway.link import NotAdmitted, SupervisorLink
+from llmctl.gateway.metrics import InstanceMetrics, prometheus
+from llmctl.gateway.problems import Refused, error_body, error_response, log_refusal
+from llmctl.planes import Route
+from llmctl.spec import GatewaySpec
+from llmctl.system.secrets import read_secret
 
 log = logging.getLogger("llmctl.gateway")
-
-LOOPBACK = ("127.0.0.1", "localhost", "::1", "[::1]")
-HOP_BY_HOP = {
-    "connection",
-    "keep-alive",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailers",
-    "transfer-encoding",
-    "upgrade",
-    "host",
-    "content-length",
-    "authorization",
-    "x-api-key",
-    "content-encoding",
-}
-MULTIPART_MODEL = re.compile(rb'name="model"\r\n(?:[^\r\n]*\r\n)*\r\n([^\r\n]{1,256})\r\n')
+BODY_TIMEOUT = 120.0  # a client has this long to send its whole body once its headers are in
+UPSTREAM_KEEPALIVE = 4.0  # llama-server closes idle connections: reuse one only while it is fresh
+PREFLIGHT_MAX_AGE = 600
 
 
-def read_api_key(spec: GatewaySpec, environ: dict[str, str]) -> str | None:
-    """The key from an environment variable or a 0600 file; never from a command line `ps` shows."""
-    if spec.api_key_env:
-        key = environ.get(spec.api_key_env)
-        if not key:
-            raise ConfigError(f"gateway.api_key_env names ${spec.api_key_env}, which is not set")
-        return key
-    if spec.api_key_file:
-        path = os.path.expanduser(spec.api_key_file)
-        try:
-            if os.stat(path).st_mode & 0o077:
-                raise ConfigError(f"gateway.api_key_file {path} can be read by others: `chmod 600 {path}`")
-            key = read_regular_file(Path(path), 4096, follow_symlinks=True).decode().strip()
-        except OSError as exc:
-            raise ConfigError(f"gateway.api_key_file {path}: {exc.strerror or exc}") from None
-        if not key:
-            raise ConfigError(f"gateway.api_key_file {path} is empty")
-        return key
-    if spec.host not in LOOPBACK and not spec.host.startswith("127."):
-        raise ConfigError(
-            f"the gateway would listen on {spec.host} without an API key: set gateway.api_key_env or "
-            "gateway.api_key_file, or bind it to 127.0.0.1"
-        )
-    return None
+class _Unreachable(Exception):
+    """No connection to the upstream could be made or kept before any byte reached the client."""
 
 
-def error_body(status: int, message: str, code: str) -> dict[str, Any]:
-    kind = "invalid_request_error" if status < 500 else "server_error"
-    return {"error": {"message": message, "type": kind, "code": code}}
+def spec_from(data: dict[str, Any]) -> GatewaySpec:
+    """The settings the supervisor pushed; ValueError for a shape this gateway does not know."""
+    known = {item.name for item in fields(GatewaySpec)}
+    try:
+        return GatewaySpec(**{key: value for key, value in data.items() if key in known})
+    except TypeError as exc:
+        raise ValueError(f"settings the gateway cannot read: {exc}") from None
+
+
+class Upstreams:
+    """One connection pool per instance, never shared: a hung instance holds only its own."""
+
+    def __init__(self) -> None:
+        self._sessions: dict[str, tuple[int, aiohttp.ClientSession]] = {}
+        self._closing: set[asyncio.Future[None]] = set()
+
+    def session(self, route: Route, spec: GatewaySpec) -> aiohttp.ClientSession:
+        size = min(spec.pool_max, max(8, 4 * route.parallel))
+        current = self._sessions.get(route.name)
+        if current is not None and current[0] == size and not current[1].closed:
+            return current[1]
+        if current is not None:
+            self._closing.add(asyncio.ensure_future(current[1].close()))
+        connector = aiohttp.TCPConnector(limit=size, keepalive_timeout=UPSTREAM_KEEPALIVE, enable_cleanup_closed=True)
+        session = aiohttp.ClientSession(connector=connector, auto_decompress=False, trust_env=False)
+        self._sessions[route.name] = (size, session)
+        return session
+
+    async def close(self) -> None:
+        for _, session in self._sessions.values():
+            await session.close()
+        self._sessions.clear()
 
 
 class Gateway:
-    def __init__(self, supervisor: Supervisor, spec: GatewaySpec) -> None:
-        self.supervisor = supervisor
-        self.spec = spec
-        self.admission = Admission(supervisor, spec)
-        self.api_key = read_api_key(spec, supervisor.services.environ)
+    """The gateway process's state: its settings, its listener, the routes, its counters."""
+
+    def __init__(self, socket_path: str, environ: dict[str, str]) -> None:
+        self.environ = environ
+        self.spec: GatewaySpec | None = None
+        self.api_key: str | None = None
+        self.link = SupervisorLink(socket_path, self.apply)
+        self.metrics: dict[str, InstanceMetrics] = {}
+        self.gate = Gate(Limits(4096, 10.0, 60.0))
+        self.upstreams = Upstreams()
         self._runner: web.AppRunner | None = None
-        self._session: aiohttp.ClientSession | None = None
-        self._expiry: asyncio.Task[None] | None = None
+        self._server: asyncio.AbstractServer | None = None
+        self._address: tuple[str, int] | None = None
 
-    # -- life ----------------------------------------------------------------------------
+    # -- life ------------------------------------------------------------------------------
 
-    async def start(self) -> None:
-        app = web.Application(client_max_size=self.spec.max_body, middlewares=[self._guard])
+    async def setup(self) -> None:
+        app = web.Application(middlewares=[self._edges])
         app.router.add_get("/health", self._health)
         app.router.add_get("/v1/models", self._models)
+        app.router.add_get("/v1/models/{model_id:.+}", self._model)
         app.router.add_get("/metrics", self._metrics)
         app.router.add_post("/v1/{tail:.+}", self._proxy)
         # handler_cancellation: a client that goes away cancels its handler, in every phase.
-        self._runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
+        # auto_decompress off: llmctl.gateway.body decodes a compressed body itself, within max_body.
+        self._runner = web.AppRunner(
+            app, handler_cancellation=True, access_log=None, auto_decompress=False, keepalive_timeout=3600
+        )
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self.spec.host, self.spec.port, reuse_address=True)
-        try:
-            await site.start()
-        except OSError as exc:
-            await self._runner.cleanup()
-            raise ConfigError(
-                f"the gateway cannot listen on {self.spec.host}:{self.spec.port}: {exc.strerror}"
-            ) from None
-        timeout = aiohttp.ClientTimeout(total=None, sock_connect=10)
-        self._session = aiohttp.ClientSession(timeout=timeout, auto_decompress=False, trust_env=False)
-        self._expiry = asyncio.ensure_future(self.admission.expire_idle())
-        log.info("gateway listening on %s", self.spec.url)
 
-    async def stop(self) -> None:
-        if self._expiry is not None:
-            self._expiry.cancel()
+    async def apply(self, data: dict[str, Any] | None) -> tuple[str, str]:
+        """Serve these settings; keeps the listening socket when host and port are unchanged.
+        Returns ("listening", url) or ("failed", why) for the supervisor."""
+        if data is None:
+            await self._close_listener()
+            return "listening", ""
+        try:
+            spec = spec_from(data)
+            api_key = read_secret("gateway.api_key", spec.api_key_env, spec.api_key_file, self.environ)
+        except (ValueError, ConfigError) as exc:
+            return "failed", str(exc)
+        if self._address != (spec.host, spec.port):
+            try:
+                await self._listen(spec)
+            except OSError as exc:
+                return "failed", f"the gateway cannot listen on {spec.host}:{spec.port}: {exc.strerror or exc}"
+        self.spec, self.api_key = spec, api_key
+        self.gate.limits = Limits(spec.max_connections, spec.header_timeout, spec.idle_timeout)
+        return "listening", spec.url
+
+    async def _listen(self, spec: GatewaySpec) -> None:
+        assert self._runner is not None and self._runner.server is not None
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(
+            self.gate.factory(self._runner.server), spec.host, spec.port, reuse_address=True, backlog=1024
+        )
+        old, self._server, self._address = self._server, server, (spec.host, spec.port)
+        if old is not None:
+            old.close()
+        log.info("gateway listening on %s", spec.url)
+
+    async def _close_listener(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            self._server, self._address = None, None
+
+    async def close(self) -> None:
+        await self._close_listener()
+        if self._runner is not None:
+            await self._runner.shutdown()
+        self.gate.close_all()
+        await self.upstreams.close()
         if self._runner is not None:
             await self._runner.cleanup()
-        if self._session is not None:
-            await self._session.close()
 
-    def status(self) -> dict[str, Any]:
-        metrics = self.admission.metrics
-        return {
-            "url": self.spec.url,
-            "requests": sum(sum(m.requests.values()) for m in metrics.values()),
-            "in_flight": sum(m.in_flight for m in metrics.values()),
-            "queued": sum(m.queued for m in metrics.values()),
-            "instances": {name: m.summary() for name, m in metrics.items()},
-        }
+    def metric(self, name: str) -> InstanceMetrics:
+        return self.metrics.setdefault(name, InstanceMetrics())
 
-    # -- edges: key, CORS -----------------------------------------------------------------
+    # -- edges -----------------------------------------------------------------------------
 
     @web.middleware
-    async def _guard(self, request: web.Request, handler: Any) -> web.StreamResponse:
-        origin = request.headers.get("Origin")
-        allowed = origin if origin and origin in self.spec.cors_origins else None
-        if not self.api_key and not self._loopback_host(request):
-            # Without a key only a loopback Host: a web page that rebinds its DNS to 127.0.0.1 gets 403.
-            response: web.StreamResponse = web.json_response(
-                error_body(403, "this gateway answers only to localhost", "forbidden_host"), status=403
-            )
-        elif request.method == "OPTIONS":
-            response = web.Response(status=204 if allowed else 403)
-        elif self.api_key and request.path != "/health" and not self._authorized(request):
-            response = web.json_response(error_body(401, "a valid API key is required", "invalid_api_key"), status=401)
-        else:
-            try:
-                response = await handler(request)
-            except web.HTTPRequestEntityTooLarge:
-                limit = self.spec.max_body
-                response = web.json_response(
-                    error_body(413, f"the request is larger than {limit} bytes", "too_large"), status=413
-                )
-        if allowed and not response.prepared:
-            response.headers.update({"Access-Control-Allow-Origin": allowed, "Vary": "Origin"})
-            if request.method == "OPTIONS":
-                response.headers["Access-Control-Allow-Headers"] = "Authorization, Content-Type, X-Api-Key"
-                response.headers["Access-Control-Allow-Methods"] = "GET, POST"
-        return response
-
-    def _loopback_host(self, request: web.Request) -> bool:
-        host = request.headers.get("Host", "")
-        name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
-        return name in ("localhost", "127.0.0.1", "[::1]") or (name.startswith("127.") and name.count(".") == 3)
-
-    def _authorized(self, request: web.Request) -> bool:
-        given = request.headers.get("X-Api-Key") or request.headers.get("Authorization", "").removeprefix("Bearer ")
-        return self.api_key is not None and hmac.compare_digest(given.encode(), self.api_key.encode())
-
-    # -- answers the gateway gives itself -----------------------------------------------
-
-    async def _health(self, request: web.Request) -> web.Response:
-        return web.json_response({"status": "ok"})
-
-    async def _metrics(self, request: web.Request) -> web.Response:
-        for runner in self.supervisor.runners.values():
-            self.admission.metric(runner.name)
-        return web.Response(text=prometheus(self.admission.metrics), content_type="text/plain")
-
-    async def _models(self, request: web.Request) -> web.Response:
-        data = []
-        for runner in self.supervisor.runners.values():
-            for model_id in (runner.name, *runner.spec.aliases):
-                entry = {
-                    "id": model_id,
-                    "object": "model",
-                    "created": 0,
-                    "owned_by": "llmctl",
-                    "state": runner.state.value,
-                }
-                if model_id != runner.name:
-                    entry["alias_of"] = runner.name
-                data.append(entry)
-        return web.json_response({"object": "list", "data": data})
-
-    # -- the proxy -------------------------------------------------------------------------
-
-    def _resolve(self, model: str) -> Runner:
-        for runner in self.supervisor.runners.values():
-            if model == runner.name or model in runner.spec.aliases:
-                return runner
-        known = sorted(m for r in self.supervisor.runners.values() for m in (r.name, *r.spec.aliases))
-        raise Refused(404, f"model {model!r} not found; known models: {', '.join(known) or 'none'}", "model_not_found")
-
-    async def _proxy(self, request: web.Request) -> web.StreamResponse:
+    async def _edges(self, request: web.Request, handler: Any) -> web.StreamResponse:
         started = time.monotonic()
-        status, name = 499, None
+        guard = self.gate.by_transport(request.transport)
+        if guard is not None:
+            guard.request_started()
         try:
-            body = await request.read()
-            is_json, model = model_of(request.content_type, body)
-            runner = self._resolve(model)
-            name = runner.name
-            async with self.admission.admit(runner):
-                response, status = await self._forward(request, runner, rewrite(runner.spec, is_json, body), started)
-                return response
+            response = await self._checked(request, handler)
         except Refused as refused:
-            status = refused.status
-            response = web.json_response(error_body(refused.status, str(refused), refused.code), status=refused.status)
-            if refused.retry_after:
-                response.headers["Retry-After"] = str(refused.retry_after)
-            return response
-        except asyncio.CancelledError:
-            status = 499
-            log.info("%s %s: 499 (the client went away)", request.path, name or "-")
-            raise
-        except aiohttp.ClientError as exc:
-            status = 502
-            return web.json_response(
-                error_body(502, f"{name}: the upstream failed: {exc}", "upstream_error"), status=502
+            response = error_response(refused)
+            log_refusal(
+                log, request.method, request.raw_path, "-", refused.status, str(refused), time.monotonic() - started
             )
         finally:
-            if name is not None:
-                metric = self.admission.metric(name)
+            if guard is not None:
+                guard.request_ended()
+        origin = request.headers.get("Origin")
+        allowed = origin and self.spec is not None and edges.origin_allowed(origin, self.spec.cors_origins)
+        if allowed and not response.prepared:  # a streamed answer got them before its status line went out
+            response.headers.update(edges.cors_headers(origin, preflight=request.method == "OPTIONS"))
+        return response
+
+    async def _checked(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        spec = self.spec
+        if spec is None:
+            raise Refused(503, "the gateway is starting", "starting", 1)
+        if not self.api_key and not edges.is_loopback_host(request.headers.get("Host")):
+            # Without a key only a loopback Host: a web page that rebinds its DNS to 127.0.0.1 gets 403.
+            raise Refused(403, "this gateway answers only to localhost", "forbidden_host")
+        origin = request.headers.get("Origin")
+        if origin is not None and not edges.origin_allowed(origin, spec.cors_origins):
+            raise Refused(403, "this origin is not in gateway.cors_origins", "forbidden_origin")
+        if request.method == "OPTIONS":
+            if origin is None:
+                raise Refused(403, "a preflight request needs an Origin", "forbidden_origin")
+            return web.Response(status=204)
+        edges.normalise_path(request.raw_path.split("?", 1)[0])
+        given = edges.api_key_from(request.headers)
+        if self.api_key and request.path != "/health" and not edges.key_matches(given, self.api_key):
+            raise Refused(401, "a valid API key is required", "invalid_api_key")
+        if request.method == "POST" and not edges.content_type_allowed(
+            request.method, request.path, request.content_type
+        ):
+            raise Refused(
+                415, "send the body as application/json (multipart/form-data for uploads)", "unsupported_media_type"
+            )
+        try:
+            return await handler(request)
+        except web.HTTPMethodNotAllowed as exc:
+            allowed = ", ".join(sorted(exc.allowed_methods))
+            raise Refused(
+                405, f"{request.method} is not allowed on {request.path} (allowed: {allowed})", "method_not_allowed"
+            ) from None
+        except web.HTTPNotFound:
+            raise Refused(404, f"no such endpoint: {request.path}", "not_found") from None
+        except web.HTTPException as exc:
+            raise Refused(exc.status, exc.reason, "http_error") from None
+
+    # -- answers the gateway gives itself ---------------------------------------------------
+
+    async def _health(self, request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok", "supervisor": self.link.connected.is_set()})
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        for name in self.link.routes:
+            self.metric(name)
+        return web.Response(text=prometheus(self.metrics, self.link.routes), content_type="text/plain")
+
+    def _model_entries(self, route: Route) -> list[dict[str, Any]]:
+        entries = []
+        for model_id in (route.name, *route.aliases):
+            entry: dict[str, Any] = {
+                "id": model_id,
+                "object": "model",
+                "created": 0,
+                "owned_by": "llmctl",
+                "state": route.state,
+            }
+            if model_id != route.name:
+                entry["alias_of"] = route.name
+            entries.append(entry)
+        return entries
+
+    async def _models(self, request: web.Request) -> web.Response:
+        data = [entry for route in self.link.routes.values() for entry in self._model_entries(route)]
+        return web.json_response({"object": "list", "data": data})
+
+    async def _model(self, request: web.Request) -> web.Response:
+        model_id = request.match_info["model_id"]
+        route = self.link.resolve(model_id)
+        if route is None:
+            raise Refused(404, f"model {model_id!r} not found", "model_not_found")
+        return web.json_response(next(e for e in self._model_entries(route) if e["id"] == model_id))
+
+    # -- the proxy ---------------------------------------------------------------------------
+
+    def _resolve(self, model: str) -> Route:
+        route = self.link.resolve(model)
+        if route is None:
+            known = self.link.known_models()
+            raise Refused(
+                404, f"model {model!r} not found; known models: {', '.join(known) or 'none'}", "model_not_found"
+            )
+        return route
+
+    async def _proxy(self, request: web.Request) -> web.StreamResponse:
+        spec = self.spec
+        assert spec is not None
+        if not edges.upstream_path_allowed(request.path):
+            raise Refused(404, f"no such endpoint: {request.path}", "not_found")
+        started = time.monotonic()
+        status, name, request_id = 499, "-", None
+        try:
+            body = await read_body(request, spec.max_body, BODY_TIMEOUT)
+            if len(body) > LARGE_BODY:
+                is_json, model = await asyncio.to_thread(model_of, request.content_type, body)
+            else:
+                is_json, model = model_of(request.content_type, body)
+            route = self._resolve(model)
+            name = route.name
+            metric = self.metric(name)
+            request_id, route = await self._admit(route, metric)
+            upstream_body = with_model(body, is_json, route.upstream_model)
+            try:
+                response, status = await self._forward(request, route, upstream_body, started)
+            except _Unreachable:
+                # Stopped under us (ttl, eviction, a crash): the runner knows; ask it, and try once more.
+                self.link.end(request_id, 503, time.monotonic() - started)
+                request_id = None
+                request_id = await self.link.acquire(name)
+                route = self.link.routes.get(name, route)
+                try:
+                    response, status = await self._forward(request, route, upstream_body, started)
+                except _Unreachable as exc:
+                    raise self._upstream_failed(route, exc.__cause__ or exc) from None
+            return response
+        except Refused as refused:
+            status = refused.status
+            raise
+        except NotAdmitted as refusal:
+            status = refusal.admission.status
+            admission = refusal.admission
+            raise Refused(admission.status, admission.message, admission.code, admission.retry_after) from None
+        except asyncio.CancelledError:
+            status = 499
+            log.info("%s %s: 499 (the client went away)", request.path, name)
+            raise
+        finally:
+            if request_id is not None:
+                self.link.end(request_id, status, time.monotonic() - started)
+            if name != "-":
+                metric = self.metric(name)
                 metric.requests[status] += 1
                 metric.duration.observe(time.monotonic() - started)
 
+    async def _admit(self, route: Route, metric: InstanceMetrics) -> tuple[int, Route]:
+        """Count the request on its runner: straight on when the instance is healthy, else ask."""
+        if route.serving:
+            return self.link.begin(route.name), route
+        metric.queued += 1
+        try:
+            request_id = await self.link.acquire(route.name)
+        finally:
+            metric.queued -= 1
+        return request_id, self.link.routes.get(route.name, route)
+
     async def _forward(
-        self, request: web.Request, runner: Runner, body: bytes, started: float
+        self, request: web.Request, route: Route, body: bytes, started: float
     ) -> tuple[web.StreamResponse, int]:
-        assert self._session is not None
-        headers = {key: value for key, value in request.headers.items() if key.lower() not in HOP_BY_HOP}
-        url = runner.spec.url + request.path_qs
-        async with self._session.post(url, data=body, headers=headers) as upstream:
-            response = web.StreamResponse(status=upstream.status)
-            for key, value in upstream.headers.items():
-                if key.lower() not in HOP_BY_HOP:
-                    response.headers[key] = value
-            response.headers["X-Accel-Buffering"] = "no"  # no proxy in front may buffer a stream
-            await response.prepare(request)
-            first = True
+        spec = self.spec
+        assert spec is not None
+        headers = request_headers(
+            request.headers, gateway_has_key=self.api_key is not None, upstream_key=route.upstream_api_key
+        )
+        url = route.url + request.raw_path
+        timeout = aiohttp.ClientTimeout(
+            total=None, connect=spec.pool_wait, sock_connect=10, sock_read=spec.read_timeout
+        )
+        session = self.upstreams.session(route, spec)
+        metric = self.metric(route.name)
+        metric.in_flight += 1
+        try:
+            for attempt in (1, 2):
+                try:
+                    upstream = await session.post(url, data=body, headers=headers, timeout=timeout)
+                except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
+                    if attempt == 1:  # a reused connection the server had closed: nothing reached the client yet
+                        continue
+                    raise _Unreachable(str(exc)) from exc
+                except aiohttp.ConnectionTimeoutError:
+                    raise Refused(
+                        503, f"{route.name}: every connection to it is busy (pool_wait)", "upstream_busy", 5
+                    ) from None
+                except (aiohttp.SocketTimeoutError, asyncio.TimeoutError):
+                    log.warning("%s: no answer within read_timeout (%gs)", route.name, spec.read_timeout)
+                    raise Refused(
+                        504,
+                        f"{route.name} did not answer within {spec.read_timeout:g}s (read_timeout)",
+                        "upstream_timeout",
+                    ) from None
+                except aiohttp.ClientError as exc:
+                    raise self._upstream_failed(route, exc) from None
+                break
+            async with upstream:
+                return await self._relay(request, route, upstream, started)
+        finally:
+            metric.in_flight -= 1
+
+    def _upstream_failed(self, route: Route, exc: Exception) -> Refused:
+        log.warning("%s: the upstream failed before answering: %s", route.name, exc)
+        return Refused(502, f"{route.name} did not answer; see `llmctl logs {route.name}`", "upstream_error")
+
+    async def _relay(
+        self, request: web.Request, route: Route, upstream: aiohttp.ClientResponse, started: float
+    ) -> tuple[web.StreamResponse, int]:
+        """Stream the upstream's answer; (response, the status to count: 499 when the client left)."""
+        response = web.StreamResponse(status=upstream.status)
+        response.headers.update(response_headers(upstream.headers))
+        origin = request.headers.get("Origin")
+        if origin and self.spec is not None and edges.origin_allowed(origin, self.spec.cors_origins):
+            response.headers.update(edges.cors_headers(origin, preflight=False))
+        await response.prepare(request)
+        first = True
+        try:
+            async for chunk in upstream.content.iter_any():
+                if first:
+                    self.metric(route.name).first_byte.observe(time.monotonic() - started)
+                    first = False
+                await response.write(chunk)
+        except (ConnectionResetError, aiohttp.ClientConnectionResetError):
+            return response, 499  # the client went away; leaving the block closes the upstream: it frees its slot
+        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            await self._cut(request, response, route, upstream, exc)
+            return response, 502
+        await response.write_eof()
+        return response, upstream.status
+
+    async def _cut(
+        self, request: web.Request, response: web.StreamResponse, route: Route, upstream: Any, exc: Exception
+    ) -> None:
+        """The upstream failed after the status line went out: end the answer the protocol's way."""
+        why = "went silent (read_timeout)" if isinstance(exc, asyncio.TimeoutError) else "failed mid-answer"
+        log.warning("%s: the upstream %s: %s", route.name, why, exc or type(exc).__name__)
+        if upstream.headers.get("Content-Type", "").startswith("text/event-stream"):
+            error = error_body(502, f"{route.name} {why}; see `llmctl logs {route.name}`", "upstream_error")
             try:
-                async for chunk in upstream.content.iter_any():
-                    if first:
-                        self.admission.metric(runner.name).first_byte.observe(time.monotonic() - started)
-                        first = False
-                    await response.write(chunk)
+                await response.write(b"event: error\ndata: " + json.dumps(error).encode() + b"\n\n")
                 await response.write_eof()
             except (ConnectionResetError, aiohttp.ClientConnectionResetError):
-                return response, 499  # leaving the block closes the upstream: the server frees its slot
-            return response, upstream.status
-
-
-def model_of(content_type: str, body: bytes) -> tuple[bool, str]:
-    """(is JSON, the `model` the request names), or Refused(400)."""
-    if content_type.startswith("multipart/"):
-        match = MULTIPART_MODEL.search(body)
-        if match:
-            return False, match.group(1).decode("utf-8", errors="replace")
-        raise Refused(400, "the multipart request has no `model` field", "missing_model")
-    try:
-        payload = json.loads(body)
-    except ValueError:
-        raise Refused(400, "the request body is not JSON", "invalid_json") from None
-    model = payload.get("model") if isinstance(payload, dict) else None
-    if not isinstance(model, str) or not model:
-        raise Refused(400, "the request names no `model`", "missing_model")
-    return True, model
-
-
-def rewrite(spec: InstanceSpec, is_json: bool, body: bytes) -> bytes:
-    """The body as the upstream must see it: the model name it serves (its backend says which)."""
-    if not is_json:
-        return body
-    from ..backends import backend_for
-
-    payload = json.loads(body)
-    model = backend_for(spec.backend).upstream_model(spec)
-    if model is None:
-        payload.pop("model", None)
-    else:
-        payload["model"] = model
-    return json.dumps(payload).encode()
+                pass
+            return
+        if request.transport is not None:
+            request.transport.abort()  # no clean end: the client must see that the body was cut

@@ -1,0 +1,1 @@
+"""What goes beyond one terminal: doctor, init, export, the login service."""

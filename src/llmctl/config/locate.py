@@ -1,0 +1,109 @@
+"""Turn a schema's verdict into one line naming the file, the line, the instance and the field:
+
+instances.yaml:14: instance 'chat', port: must be between 1024 and 65535 (got 70000)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+from llmctl.config.yamlsource import line_of
+
+
+def validation_errors(
+    path: Path, document: Any, error: ValidationError, root: type[BaseModel], sections: dict[str, type[BaseModel]]
+) -> list[str]:
+    """Every problem the schema found, one located line each, the most telling first."""
+    # An unknown key is usually a misspelt one, which also explains a "missing" error: report it first.
+    problems = sorted(error.errors(include_url=False), key=lambda problem: problem["type"] != "extra_forbidden")
+    lines = []
+    for problem in problems:
+        location = _schema_location(problem["loc"])
+        message = _friendly(problem, document, location, root, sections)
+        if problem["type"] == "missing":
+            location = location[:-1]
+        line = located(path, line_of(document, location), describe(document, location, message))
+        if line not in lines:
+            lines.append(line)
+    return lines
+
+
+def summary(problems: list[str]) -> str:
+    """The first problem, and how many more (`llmctl check` lists them all)."""
+    more = len(problems) - 1
+    return problems[0] + (
+        f" (and {more} more problem{'s' if more > 1 else ''}: `llmctl check` lists them)" if more else ""
+    )
+
+
+def _schema_location(location: tuple[Any, ...]) -> tuple[Any, ...]:
+    # pydantic adds the model or union member name to some locations; keep only the real path.
+    return tuple(
+        step for step in location if not (isinstance(step, str) and ("[" in step or step in ("str", "list[str]")))
+    )
+
+
+def _friendly(
+    problem: Mapping[str, Any],
+    document: Any,
+    location: tuple[Any, ...],
+    root: type[BaseModel],
+    sections: dict[str, type[BaseModel]],
+) -> str:
+    kind = problem["type"]
+    if kind == "extra_forbidden":
+        parent = _model_for(location[:-1], root, sections)
+        valid = ", ".join(name for name in parent.model_fields if name not in ("workdir", "path")) if parent else ""
+        return f"unknown key {location[-1]!r}" + (f" (valid keys: {valid})" if valid else "")
+    if kind == "missing":
+        return f"missing required key {location[-1]!r}"
+    message = str(problem["msg"]).removeprefix("Value error, ")
+    if kind in ("greater_than_equal", "less_than_equal") and location and location[-1] == "port":
+        return f"must be between 1024 and 65535 (got {problem.get('input')!r})"
+    if (
+        "input" in problem
+        and kind not in ("value_error", "assertion_error")
+        and not isinstance(problem["input"], (dict, list))
+    ):
+        message += f" (got {problem['input']!r})"
+    return message
+
+
+def _model_for(
+    location: tuple[Any, ...], root: type[BaseModel], sections: dict[str, type[BaseModel]]
+) -> type[BaseModel] | None:
+    model: type[BaseModel] | None = root
+    for step in location:
+        if model is None:
+            return None
+        if isinstance(step, int):
+            continue
+        field = model.model_fields.get(step)
+        if field is None:
+            return None
+        model = sections.get(step)
+    return model
+
+
+def describe(document: Any, location: tuple[Any, ...], message: str) -> str:
+    """Prefix a message with the instance and field it concerns."""
+    if len(location) >= 2 and location[0] == "instances" and isinstance(location[1], int):
+        instances = document.get("instances") if isinstance(document, dict) else None
+        name = None
+        if isinstance(instances, list) and location[1] < len(instances) and isinstance(instances[location[1]], dict):
+            name = instances[location[1]].get("name")
+        who = f"instance {name!r}" if isinstance(name, str) else f"instance #{location[1] + 1}"
+        field = ".".join(str(step) for step in location[2:])
+        return f"{who}, {field}: {message}" if field else f"{who}: {message}"
+    field = ".".join(str(step) for step in location)
+    return f"{field}: {message}" if field else message
+
+
+def located(path: Path, line: int | None, message: str) -> str:
+    # One line, whatever the file holds: a key or value with a newline or control character is escaped.
+    message = "".join(char if char.isprintable() else repr(char)[1:-1] for char in message)
+    return f"{path}:{line}: {message}" if line else f"{path}: {message}"

@@ -1,0 +1,440 @@
+"""The schema of instances.yaml, and the loader that turns mistakes into one clear line.
+
+The pydantic models here hold every default and constraint; a valid file comes back as the plain
+dataclasses of llmctl.spec, which is all the rest of llmctl (the supervisor above all) works with.
+
+Every error names the file, the line where YAML has one, the instance and the field, e.g.
+
+    instances.yaml:14: instance 'chat', port: must be between 1024 and 65535 (got 70000)
+
+Relative model paths and `command` programs resolve against the config file's folder, so the
+supervisor, which runs elsewhere, sees the same files the user meant.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from llmctl.config.locate import describe, located, summary, validation_errors
+from llmctl.config.prep import FieldProblem, apply_defaults, expand_variables
+from llmctl.config.yamlsource import LineDict, YamlSyntaxError, line_of, load_yaml
+from llmctl.errors import ConfigError
+from llmctl.paths import CONFIG_ENV, DEFAULT_CONFIG_NAME
+from llmctl.spec import Config, GatewaySpec, InstanceSpec
+from llmctl.system.files import read_regular_file
+
+MAX_CONFIG_BYTES = 4 * 1024 * 1024
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+Seconds = Annotated[float, Field(gt=0)]
+
+
+class HealthModel(_Strict):
+    """How readiness and liveness are checked. `url` overrides `path` (which is relative to the instance)."""
+
+    path: str | None = None
+    url: str | None = None
+    interval: Seconds = 5.0
+    timeout: Seconds = 5.0
+    # Time allowed without progress (log output, download bytes, a new readiness answer), not in all.
+    start_timeout: Seconds = 120.0
+    start_deadline: Seconds | None = None  # an overall bound on one start, progress or not
+    failure_threshold: Annotated[int, Field(ge=1)] = 3
+
+    @field_validator("path")
+    @classmethod
+    def _path_starts_with_slash(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith("/"):
+            raise ValueError(f"must start with '/' (got {value!r})")
+        return value
+
+    @field_validator("url")
+    @classmethod
+    def _url_is_http(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("http://", "https://")):
+            raise ValueError(f"must be an http:// or https:// URL (got {value!r})")
+        return value
+
+
+class RestartModel(_Strict):
+    """What happens when a server exits: `no`, `on-failure` (non-zero exit or signal), `always`."""
+
+    policy: Literal["no", "on-failure", "always"] = "on-failure"
+    backoff: Seconds = 1.0
+
+    @field_validator("policy", mode="before")
+    @classmethod
+    def _yaml_no_is_false(cls, value: Any) -> Any:
+        # YAML 1.1 reads a bare `no` as false; `restart: no` must still mean the policy "no".
+        return "no" if value is False else value
+
+    max_backoff: Seconds = 30.0
+    max_starts: Annotated[int, Field(ge=1)] = 5
+    window: Seconds = 60.0
+
+
+class InstanceModel(_Strict):
+    name: str
+    backend: str
+    model: str | None = None
+    port: Annotated[int, Field(ge=1024, le=65535)]
+    host: str = "127.0.0.1"
+    args: list[str] = []
+    env: dict[str, str] = {}
+    command: list[str] | None = None
+    health: HealthModel = HealthModel()
+    restart: RestartModel = RestartModel()
+    stop_timeout: Seconds = 10.0
+    # Above this (bytes, "8GiB", "25%"): a warning at once, a restart per policy once it lasts memory_grace seconds.
+    max_memory: int | None = None
+    memory_grace: Seconds = 30.0
+    # The gateway: other names this instance answers to, started by the first request (not by `up`),
+    # stopped after `ttl` idle seconds, at most `max_queue` requests waiting for it.
+    aliases: list[str] = []
+    on_demand: bool = False
+    ttl: Seconds | None = None
+    max_queue: Annotated[int, Field(ge=0)] = 10
+    # backend `external`: the URL of a server llmctl attaches to (never starts), and what kind it is.
+    url: str | None = None
+    kind: Literal["lmstudio", "gpt4all", "localai", "ollama", "llama.cpp", "openai"] | None = None
+    # Filled in by the loader, not by users: the folder relative paths resolve against.
+    workdir: str = ""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _address_from_url(cls, data: Any) -> Any:
+        """An external server's host and port come from its `url` (given, they must agree with it)."""
+        if not isinstance(data, Mapping) or data.get("backend") != "external" or not isinstance(data.get("url"), str):
+            return data
+        from urllib.parse import urlsplit
+
+        try:
+            parts = urlsplit(data["url"])
+            port = parts.port or (443 if parts.scheme == "https" else 80)
+        except ValueError as exc:
+            raise ValueError(f"url: {exc}") from None
+        if parts.scheme != "http" or not parts.hostname or parts.path not in ("", "/") or parts.query:
+            raise ValueError(f"url: must be a server's base URL like http://127.0.0.1:1234 (got {data['url']!r})")
+        if parts.username or parts.password:
+            raise ValueError("url: no credentials in the URL (they would be written to state and logs)")
+        if port < 1024:
+            raise ValueError(f"url: llmctl attaches to servers on ports 1024-65535 (got {port})")
+        filled = dict(data)
+        filled.setdefault("port", port)
+        filled.setdefault("host", parts.hostname)
+        if (filled["port"], filled["host"]) != (port, parts.hostname):
+            raise ValueError(f"url: {data['url']!r} disagrees with host/port {filled['host']}:{filled['port']}")
+        return filled
+
+    @field_validator("name")
+    @classmethod
+    def _plain_name(cls, value: str) -> str:
+        if not NAME_PATTERN.match(value):
+            raise ValueError(
+                f"{value!r} is not a plain name: use letters, digits, '-' and '_' (at most 64), "
+                "since names become file names and URL parts"
+            )
+        return value
+
+    @field_validator("aliases")
+    @classmethod
+    def _plain_aliases(cls, value: list[str]) -> list[str]:
+        for alias in value:
+            if not alias or len(alias) > 256 or not alias.isprintable() or alias != alias.strip():
+                raise ValueError(
+                    f"{alias!r} is not a usable model name (printable, no surrounding spaces, at most 256)"
+                )
+        return value
+
+    @field_validator("backend")
+    @classmethod
+    def _known_backend(cls, value: str) -> str:
+        from llmctl.backends import backend_names
+
+        if value not in backend_names():
+            raise ValueError(f"unknown backend {value!r} (valid: {', '.join(backend_names())})")
+        return value
+
+    @field_validator("max_memory", mode="before")
+    @classmethod
+    def _memory_size(cls, value: Any) -> Any:
+        return None if value is None else _size(value)
+
+    @field_validator("args", mode="before")
+    @classmethod
+    def _args_are_strings(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            raise ValueError("must be a list of strings, one argument each (e.g. ['-c', '4096'])")
+        if isinstance(value, list):
+            return [_scalar_to_str(item) for item in value]
+        return value
+
+    @field_validator("env", mode="before")
+    @classmethod
+    def _env_values_are_strings(cls, value: Any) -> Any:
+        if isinstance(value, Mapping):
+            return {key: _scalar_to_str(item) for key, item in value.items()}
+        return value
+
+    @field_validator("command", mode="before")
+    @classmethod
+    def _split_command(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            try:
+                value = shlex.split(value)
+            except ValueError as exc:
+                raise ValueError(f"cannot split the command line: {exc}") from None
+        if isinstance(value, list) and not value:
+            raise ValueError("must name a program to run")
+        return value
+
+    @model_validator(mode="after")
+    def _backend_fields(self) -> InstanceModel:
+        external = self.backend == "external"
+        if external and self.url is None:
+            raise ValueError("backend 'external' needs `url:` (where the server answers, e.g. http://127.0.0.1:1234)")
+        if not external and (self.url is not None or self.kind is not None):
+            raise ValueError("`url:` and `kind:` are for backend 'external' (a server llmctl does not start)")
+        if external and (self.on_demand or self.args or self.env):
+            raise ValueError("an external server is not started by llmctl: on_demand, args and env do not apply")
+        if external:
+            return self
+        if self.backend == "command" and self.command is None:
+            raise ValueError("backend 'command' needs `command:` (the server's command line)")
+        if self.backend != "command" and self.command is not None:
+            raise ValueError(f"`command:` is only for backend 'command'; backend {self.backend!r} builds its own")
+        if self.backend != "command" and not self.model:
+            raise ValueError(f"backend {self.backend!r} needs `model:`")
+        return self
+
+
+class DefaultsModel(_Strict):
+    """Values every instance starts from; an instance's own keys win, mappings merge key by key."""
+
+    host: str | None = None
+    env: dict[str, str] | None = None
+    health: dict[str, Any] | None = None
+    restart: dict[str, Any] | None = None
+    stop_timeout: Seconds | None = None
+    max_memory: Any = None
+
+
+class LogsModel(_Strict):
+    """Each instance's log is rotated at `max_bytes`, keeping `backups` older files (NAME.log.1 ...)."""
+
+    max_bytes: Annotated[int, Field(ge=1024)] = 10 * 1024 * 1024
+    backups: Annotated[int, Field(ge=0, le=100)] = 3
+
+
+class GatewayModel(_Strict):
+    """One port for every model (absent: no gateway). Beyond loopback it needs an API key."""
+
+    host: str = "127.0.0.1"
+    port: Annotated[int, Field(ge=1024, le=65535)]
+    api_key_env: str | None = None  # the name of an environment variable holding the key
+    api_key_file: str | None = None  # a file holding the key (mode 0600), never the key itself
+    cors_origins: list[str] = []
+    max_body: int = 32 * 1024 * 1024
+    max_wait: Seconds = 300.0  # how long a request may wait for its instance to start
+    drain_timeout: Seconds = 60.0  # how long a start waits for a busy instance to finish before evicting fails
+    # A start on demand goes on this long after its last waiting request left, so a client whose own
+    # timeout is shorter than the load finds it further on when it retries; then it is abandoned.
+    start_grace: Seconds = 60.0
+    max_connections: Annotated[int, Field(ge=16)] = 4096  # client connections at once; the idlest go first
+    header_timeout: Seconds = 10.0  # a connection that has not finished its request's headers by then is closed
+    idle_timeout: Seconds = 60.0  # an idle keep-alive connection is closed after this long
+    read_timeout: Seconds = 600.0  # an upstream silent this long mid-answer gets the client a 504
+    pool_max: Annotated[int, Field(ge=1)] = 64  # upstream connections per instance at most
+    pool_wait: Seconds = 30.0  # how long a request waits for one of them (then 503 with Retry-After)
+
+    @field_validator("max_body", mode="before")
+    @classmethod
+    def _body_size(cls, value: Any) -> Any:
+        return _size(value)
+
+
+class ConfigModel(_Strict):
+    instances: list[InstanceModel]
+    gateway: GatewayModel | None = None
+    defaults: DefaultsModel = DefaultsModel()
+    logs: LogsModel = LogsModel()
+    # What all instances together may take (bytes, "48GiB", "80%"); None: the platform default.
+    memory_budget: int | None = None
+    binaries: dict[str, str] = {}
+    path: str = ""
+
+    @field_validator("memory_budget", mode="before")
+    @classmethod
+    def _budget_size(cls, value: Any) -> Any:
+        return None if value is None else _size(value)
+
+    @field_validator("binaries")
+    @classmethod
+    def _known_backends(cls, value: dict[str, str]) -> dict[str, str]:
+        from llmctl.backends import backend_names
+
+        for name in value:
+            if name not in backend_names():
+                raise ValueError(f"unknown backend {name!r} (valid: {', '.join(backend_names())})")
+        return value
+
+    @model_validator(mode="after")
+    def _unique_names_and_ports(self) -> ConfigModel:
+        seen_names: set[str] = set()
+        seen_ports: dict[int, str] = {}
+        if self.gateway is not None:
+            seen_ports[self.gateway.port] = "the gateway"
+        for index, instance in enumerate(self.instances):
+            if instance.name in seen_names:
+                raise FieldProblem(("instances", index, "name"), f"duplicate name {instance.name!r}")
+            seen_names.add(instance.name)
+            if instance.port in seen_ports:
+                raise FieldProblem(
+                    ("instances", index, "port"),
+                    f"port {instance.port} is already used by instance {seen_ports[instance.port]!r}",
+                )
+            seen_ports[instance.port] = instance.name
+        self._unique_aliases(seen_names)
+        return self
+
+    def _unique_aliases(self, names: set[str]) -> None:
+        owners: dict[str, str] = {}
+        for index, instance in enumerate(self.instances):
+            for position, alias in enumerate(instance.aliases):
+                clash = instance.name if alias == instance.name else owners.get(alias)
+                if alias in names and alias != instance.name:
+                    clash = alias
+                if clash is not None:
+                    raise FieldProblem(
+                        ("instances", index, "aliases", position), f"{alias!r} already names instance {clash!r}"
+                    )
+                owners[alias] = instance.name
+
+    def to_spec(self) -> Config:
+        return Config(
+            path=self.path,
+            instances=tuple(
+                InstanceSpec.from_dict(instance.model_dump(exclude={"url"})) for instance in self.instances
+            ),
+            binaries=dict(self.binaries),
+            log_max_bytes=self.logs.max_bytes,
+            log_backups=self.logs.backups,
+            memory_budget=self.memory_budget,
+            gateway=GatewaySpec(**self.gateway.model_dump()) if self.gateway else None,
+        )
+
+
+def _size(value: Any) -> int:
+    from llmctl.memory.measure import parse_size
+
+    if not isinstance(value, (str, int, float)):
+        raise ValueError("must be a size like 24GiB, 512MB, a number of bytes, or a percentage like 80%")
+    return parse_size(value)
+
+
+def _scalar_to_str(value: Any) -> Any:
+    # YAML reads `OLLAMA_NUM_PARALLEL: 2` as an int; an environment only holds strings.
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return str(value)
+    return value
+
+
+def load_config(path: Path, check_backends: bool = True) -> Config:
+    """Read, expand and validate a config file; any problem is a ConfigError of one line."""
+    try:
+        text = read_regular_file(path, MAX_CONFIG_BYTES, follow_symlinks=True).decode("utf-8")
+    except FileNotFoundError:
+        raise ConfigError(
+            f"{path}: config file not found (give one with -f/--file or ${CONFIG_ENV}, "
+            f"or create ./{DEFAULT_CONFIG_NAME})"
+        ) from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read config file: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: cannot read config file: not UTF-8 ({exc.reason} at byte {exc.start})") from None
+    return parse_config(text, path, check_backends)
+
+
+def parse_config(text: str, path: Path, check_backends: bool = True) -> Config:
+    """The validated config; `check_backends=False` skips what only a start needs (the model file),
+    for `llmctl doctor`, which reports those itself beside everything else."""
+    try:
+        document = load_yaml(text)
+    except YamlSyntaxError as exc:
+        raise ConfigError(located(path, exc.line, str(exc))) from None
+    if document is None:
+        raise ConfigError(f"{path}: the file is empty; it needs an `instances:` list")
+    if not isinstance(document, LineDict):
+        raise ConfigError(located(path, 1, "the top level must be a mapping with an `instances:` list"))
+    try:
+        expanded = expand_variables(document, ())
+        prepared = apply_defaults(expanded, path.parent, DefaultsModel.model_fields)
+        config = ConfigModel.model_validate({**prepared, "path": str(path)}).to_spec()
+    except FieldProblem as exc:
+        message = describe(document, exc.location, str(exc))
+        raise ConfigError(located(path, line_of(document, exc.location), message)) from None
+    except ValidationError as exc:
+        problems = validation_errors(path, document, exc, ConfigModel, _SECTION_MODELS)
+        if check_backends:  # every problem at once: the instances that are valid on their own are checked too
+            problems += [
+                line for line in _backend_problems(path, document, _valid_instances(prepared)) if line not in problems
+            ]
+        raise ConfigError(summary(problems), problems) from None
+    problems = _backend_problems(path, document, enumerate(config.instances)) if check_backends else []
+    if problems:
+        raise ConfigError(summary(problems), problems)
+    return config
+
+
+def _valid_instances(prepared: Any) -> list[tuple[int, InstanceSpec]]:
+    """(index, spec) of each instance entry that passes the schema on its own."""
+    entries = prepared.get("instances") if isinstance(prepared, Mapping) else None
+    valid = []
+    for index, entry in enumerate(entries if isinstance(entries, list) else []):
+        try:
+            valid.append(
+                (index, InstanceSpec.from_dict(InstanceModel.model_validate(entry).model_dump(exclude={"url"})))
+            )
+        except (ValidationError, ValueError, TypeError):
+            continue
+    return valid
+
+
+def _backend_problems(path: Path, document: Any, instances: Any) -> list[str]:
+    problems = []
+    for index, instance in instances:
+        problem = _backend_problem(instance)
+        if problem:
+            field, message = problem
+            location = ("instances", index, field)
+            problems.append(located(path, line_of(document, location), describe(document, location, message)))
+    return problems
+
+
+def _backend_problem(instance: InstanceSpec) -> tuple[str, str] | None:
+    from llmctl.backends import backend_for
+
+    return backend_for(instance.backend).check_spec(instance)
+
+
+_SECTION_MODELS: dict[str, type[BaseModel]] = {
+    "instances": InstanceModel,
+    "defaults": DefaultsModel,
+    "health": HealthModel,
+    "restart": RestartModel,
+    "logs": LogsModel,
+    "gateway": GatewayModel,
+}

@@ -1,0 +1,1 @@
+"""The control plane: runners, the supervisor, adoption, the control socket and its client."""

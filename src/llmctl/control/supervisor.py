@@ -1,0 +1,267 @@
+"""The supervisor: keeps one runner per instance by name and does the fleet-wide work.
+
+Runners (llmctl.control.runner) own each instance's process and state; the supervisor adopts what a previous
+supervisor left, checks the memory budget before anything starts, samples memory, persists the
+fleet, and answers the control API: up, down, restart, wait and status.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from typing import TYPE_CHECKING, Any
+
+from llmctl.backends import safe_estimate
+from llmctl.control import state, statusdoc
+from llmctl.control.adoption import adopt_recorded
+from llmctl.control.demand import Demand
+from llmctl.control.gatewayproc import GatewayProcess
+from llmctl.control.runner import Runner, Services
+from llmctl.control.runners import describe_runner, new_runner
+from llmctl.control.sampler import Sampler
+from llmctl.control.states import PENDING, RUNNING, WANTED_RUNNING, State
+from llmctl.errors import ConfigError
+from llmctl.logs.hub import LogHub
+from llmctl.memory.budget import Candidate, check_budget
+from llmctl.memory.measure import own_rss, system_summary
+from llmctl.spec import Config, GatewaySpec, InstanceSpec
+from llmctl.system.http import HttpClient
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable
+
+    from llmctl.paths import StatePaths
+
+log = logging.getLogger("llmctl.control.supervisor")
+
+
+class Supervisor:
+    def __init__(self, paths: StatePaths, *, environ: dict[str, str] | None = None) -> None:
+        self.paths = paths
+        self.runners: dict[str, Runner] = {}
+        self.config: Config | None = None
+        self.config_path: str | None = None
+        self.memory_budget: int | None = None
+        self.started_mono = time.monotonic()
+        self.shutdown_requested = asyncio.Event()
+        self.requests: dict[str, int] = {}
+        self.warnings: list[str] = []  # shown by `status`, not only written to supervisor.log
+        self.extra_locks: list[Any] = []  # a lock file made again after the state folder was deleted
+        self.services = Services(paths, HttpClient(), LogHub(paths), dict(os.environ if environ is None else environ))
+        self.services.on_change = self._changed
+        self.services.on_progress = self._wake_waiters
+        self._change = asyncio.Event()
+        self.sampler = Sampler(lambda: self.runners.values())
+        self.demand = Demand(self, lambda: self.gateways.spec)
+        # The data plane runs as a process of its own; this is the supervisor's side of it.
+        self.gateways = GatewayProcess(paths, self.services.environ, self.runners, self.demand)
+        self.gateways.on_record = self.save
+        self.adopting = False  # while true, runners' changes are not persisted one by one
+
+    async def __aenter__(self) -> Supervisor:
+        self.services.hub.start()
+        await adopt_recorded(self)
+        self._sampler_task = asyncio.ensure_future(self.sampler.run_forever())
+        self._expiry_task = asyncio.ensure_future(self.demand.expire_idle())
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self._sampler_task.cancel()
+        self._expiry_task.cancel()
+        self.demand.close()
+        await self.close()
+
+    async def close(self) -> None:
+        await self.set_gateway(None)  # first: no request may start an instance while they stop
+        await asyncio.gather(*(runner.close() for runner in self.runners.values()))
+        self.save()
+        await self.services.hub.stop()
+
+    async def shutdown(self) -> None:
+        await self.stop([])
+        self.shutdown_requested.set()
+
+    def learn_settings(self, config: dict[str, Any]) -> None:
+        self.config_path = config.get("path") if isinstance(config.get("path"), str) else self.config_path
+        binaries = config.get("binaries")
+        self.services.binaries = dict(binaries) if isinstance(binaries, dict) else {}
+        budget = config.get("memory_budget")
+        self.memory_budget = budget if isinstance(budget, int) else None
+        max_bytes, backups = config.get("log_max_bytes"), config.get("log_backups")
+        if isinstance(max_bytes, int) and isinstance(backups, int):
+            self.services.hub.set_limits(max_bytes, backups)
+
+    # -- operations the control API exposes ---------------------------------------------
+
+    def _load(self, config: Config) -> None:
+        running = [name for name, runner in self.runners.items() if runner.state in WANTED_RUNNING]
+        if self.config_path and self.config_path != config.path and running:
+            raise ConfigError(
+                f"this state folder's supervisor serves {self.config_path} ({', '.join(running)} running); "
+                "run `llmctl down` first, or use another $LLMCTL_STATE_DIR for a second config"
+            )
+        self.config = config
+        self.learn_settings(config.to_dict())
+        for name in [name for name, runner in self.runners.items() if name not in config.names]:
+            if self.runners[name].state not in WANTED_RUNNING:  # gone from the config and not running: forget it
+                self.runners.pop(name).forget()
+
+    def runner_for(self, spec: InstanceSpec) -> Runner:
+        existing = self.runners.get(spec.name)
+        if existing is not None and existing.spec.external != spec.external and existing.state is State.STOPPED:
+            self.runners.pop(spec.name).forget()  # now attached instead of started, or the other way round
+        if spec.name not in self.runners:
+            self.runners[spec.name] = new_runner(spec, self.services)
+        return self.runners[spec.name]
+
+    async def up(self, config: Config, names: list[str], force: bool = False) -> dict[str, Any]:
+        self._load(config)
+        selected = config.select(names)
+        actions: dict[str, str] = {}
+        for spec in selected:
+            runner = self.runners.get(spec.name)
+            running = runner is not None and runner.state in WANTED_RUNNING
+            if running:
+                actions[spec.name] = "running" if runner.spec == spec else "recreated"  # type: ignore[union-attr]
+            else:  # an on-demand instance waits for its first request, unless named
+                actions[spec.name] = "on demand" if spec.on_demand and not names else "starting"
+        to_start = [spec for spec in selected if actions[spec.name] in ("starting", "recreated")]
+        if not force:
+            self._check_budget(to_start)  # before anything starts: all or nothing
+        for spec in selected:
+            if spec.name not in self.runners:
+                self.runner_for(spec)  # known before the gateway's snapshot, so it routes to it
+        await self.set_gateway(config.gateway)
+        for spec in to_start:
+            reason = "config changed: recreating" if actions[spec.name] == "recreated" else "up"
+            current = self.runners.get(spec.name)
+            if current is not None and current.spec.external != spec.external:
+                await current.request("stop", reason)  # started <-> attached: another kind of runner
+            await self.runner_for(spec).request("start", reason, spec)
+        for spec in selected:
+            self.runner_for(spec)  # known, so the gateway can start it and `status` shows it
+        self.gateways.publish_all()
+        self.save()
+        return {"actions": actions}
+
+    async def set_gateway(self, spec: GatewaySpec | None) -> None:
+        """Serve the gateway with these settings (None: no gateway); ConfigError when it cannot."""
+        await self.gateways.ensure(spec)
+
+    def sample(self, runners: Iterable[Runner]) -> None:
+        """Measure these instances now (for an admission decision)."""
+        self.sampler.sample(list(runners))
+
+    def publish(self, runner: Runner) -> None:
+        """Tell the gateway what changed about this instance."""
+        self.gateways.publish(runner)
+
+    async def changed(self, timeout: float) -> None:
+        """Return at the next state change of any instance, or after `timeout`."""
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self._change.wait(), timeout)
+
+    async def stop(self, names: list[str], reason: str = "down") -> dict[str, Any]:
+        targets = self._select(names)
+        stopped = [runner.name for runner in targets if runner.state is not State.STOPPED]
+        await asyncio.gather(*(runner.request("stop", reason) for runner in targets))
+        return {"stopped": stopped}
+
+    async def restart(self, names: list[str], config: Config | None = None) -> dict[str, Any]:
+        """Stop and start again, with the spec from the config when one is given."""
+        if config is not None:
+            self._load(config)
+            for name in names or config.names:
+                self.runner_for(config.instance(name))
+        targets = self._select(names)
+        specs = {
+            runner.name: config.instance(runner.name) if config and runner.name in config.names else None
+            for runner in targets
+        }
+        await asyncio.gather(*(runner.request("restart", "restart", specs[runner.name]) for runner in targets))
+        return {"actions": {runner.name: "restarting" for runner in targets}}
+
+    async def wait(
+        self, names: list[str], timeout: float | None, progress: Callable[[list[dict[str, Any]]], Any] | None = None
+    ) -> dict[str, Any]:
+        """Return when every named instance has settled (its outcome is not pending), or at `timeout`."""
+        targets = self._select(names)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            change = self._change
+            instances = [describe_runner(runner) for runner in targets]
+            if progress is not None:
+                await progress(instances)
+            if PENDING not in statusdoc.outcomes(instances):
+                return {"timed_out": False, "instances": instances}
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                return {"timed_out": True, "instances": instances}
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(change.wait(), remaining)
+
+    def status(self) -> dict[str, Any]:
+        now = time.monotonic()
+        self.sampler.refresh_stale()
+        instances = [describe_runner(runner) for runner in self.runners.values()]
+        supervisor = {
+            "pid": os.getpid(),
+            "uptime_s": round(now - self.started_mono, 3),
+            "config": self.config_path,
+            "state_dir": str(self.paths.root),
+            "memory_rss_bytes": own_rss(),
+            "log_hub_pid": self.services.hub.handle.pid if self.services.hub.handle else None,
+            "requests": dict(self.requests),
+            "warnings": list(self.warnings),
+        }
+        gateway = self.gateways.status()
+        return statusdoc.document(supervisor, system_summary(instances, self.memory_budget), instances, gateway)
+
+    def _select(self, names: list[str]) -> list[Runner]:
+        if not names:
+            return list(self.runners.values())
+        known = set(self.runners) | set(self.config.names if self.config else [])
+        unknown = [name for name in names if name not in known]
+        if unknown:
+            raise ConfigError(f"unknown instance {unknown[0]!r} (known: {', '.join(sorted(known)) or 'none'})")
+        for name in names:
+            if name not in self.runners and self.config is not None:
+                self.runner_for(self.config.instance(name))
+        return [self.runners[name] for name in dict.fromkeys(names)]
+
+    def _check_budget(self, specs: list[InstanceSpec]) -> None:
+        starting = {spec.name for spec in specs}
+        in_use = sum(
+            runner.memory.value
+            for runner in self.runners.values()
+            if runner.memory and runner.state in RUNNING and runner.name not in starting
+        )
+        candidates = [Candidate(spec.name, safe_estimate(spec)) for spec in specs]
+        check_budget(candidates, in_use, self.memory_budget, self.config_path)
+
+    # -- bookkeeping ---------------------------------------------------------------------
+
+    def _changed(self, runner: Runner) -> None:
+        if self.adopting:
+            return
+        self.save()
+        self._wake_waiters(runner)
+        self.gateways.publish(runner)
+
+    def _wake_waiters(self, runner: Runner) -> None:
+        self._change.set()
+        self._change = asyncio.Event()
+
+    def save(self) -> None:
+        records = [runner.record() for runner in self.runners.values() if runner.record() is not None]
+        settings = (
+            self.config.to_dict() if self.config else {"path": self.config_path, "binaries": self.services.binaries}
+        )
+        try:
+            state.save(self.paths.state_file, settings, records, self.gateways.record())  # type: ignore[arg-type]
+        except OSError as exc:
+            # The servers keep running; only adoption after a supervisor crash is at risk.
+            log.error("cannot write state file %s: %s", self.paths.state_file, exc)

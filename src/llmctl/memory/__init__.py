@@ -1,0 +1,1 @@
+"""Memory: sampling (PSS, footprint, NVML), estimates (GGUF), the budget."""

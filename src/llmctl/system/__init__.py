@@ -1,0 +1,1 @@
+"""Calls into the operating system: processes, ports, peer credentials, safe files, the probe client."""
