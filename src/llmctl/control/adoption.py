@@ -7,6 +7,7 @@ instance of the config known. A PID whose create time differs is never touched.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import TYPE_CHECKING, Any
 
@@ -15,7 +16,7 @@ from llmctl.control.runner import Adoption, Runner
 from llmctl.control.runners import new_runner
 from llmctl.control.states import State
 from llmctl.errors import LlmctlError
-from llmctl.spec import Config, InstanceSpec
+from llmctl.spec import Config, GatewaySpec, InstanceSpec
 from llmctl.system.process import ProcessHandle
 
 if TYPE_CHECKING:
@@ -78,8 +79,14 @@ async def _resume_gateway(supervisor: Supervisor, saved: dict[str, Any] | None) 
     supervisor.config = config
     for spec in config.instances:
         supervisor.runner_for(spec)
+    # In the background: a gateway it starts subscribes over the control socket, which is served only
+    # once adoption is over.
+    supervisor.gateway_resume = asyncio.ensure_future(_serve_gateway(supervisor, config.gateway))
+
+
+async def _serve_gateway(supervisor: Supervisor, spec: GatewaySpec) -> None:
     try:
-        await supervisor.set_gateway(config.gateway)
+        await supervisor.set_gateway(spec)
         supervisor.gateways.publish_all()
     except LlmctlError as exc:
         log.error("cannot serve the gateway again: %s", exc)

@@ -119,6 +119,8 @@ class GatewayProcess:
             if previous != spec:
                 moved = previous is None or (previous.host, previous.port) != (spec.host, spec.port)
                 await self._push_and_wait(moved)
+            elif self._listening is not None and not self._listening.done():
+                await self._until_listening()  # a start in progress (adoption's): its outcome is ours
             return
         await self._start()
 

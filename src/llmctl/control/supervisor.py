@@ -60,6 +60,7 @@ class Supervisor:
         self.gateways = GatewayProcess(paths, self.services.environ, self.runners, self.demand)
         self.gateways.on_record = self.save
         self.adopting = False  # while true, runners' changes are not persisted one by one
+        self.gateway_resume: asyncio.Future[None] | None = None  # adoption serving the gateway again
 
     async def __aenter__(self) -> Supervisor:
         self.services.hub.start()

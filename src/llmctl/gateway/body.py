@@ -58,7 +58,7 @@ async def read_body(request: web.BaseRequest, limit: int, timeout: float) -> byt
     - 408 "body_timeout": the whole body did not arrive within `timeout` seconds (a slow client holds a
       connection and a buffer; the deadline bounds both).
     "deflate" is the zlib format (RFC 9110 §8.4.1.2), but some clients send raw DEFLATE (RFC 1951): both are
-    taken, told apart by the zlib header's check bits (RFC 1950 §2.2), as aiohttp and browsers do.
+    taken, told apart by the zlib header's check bits (RFC 1950 §2.2), as aiohttp's own decoder does.
     """
     if request.content_length is not None and request.content_length > limit:
         raise _too_large(limit)

@@ -6,8 +6,8 @@ a Guard that wraps aiohttp's protocol:
 
 - at `max_connections`, the connection idle the longest (no request in progress) is closed to make
   room; only when every connection is busy is the newcomer refused (closed at once);
-- a connection with no request in progress that has not finished a request's headers within
-  `header_timeout` seconds of opening (or of its last answer) is closed;
+- a new connection that has not sent a whole request's headers within `header_timeout` seconds is
+  closed, and so is a kept-alive one that began a next request and did not finish its headers;
 - an idle keep-alive connection is closed after `idle_timeout` seconds;
 - each limit hit is logged, at most one line per LOG_EVERY seconds, with how many times it was hit.
 """
@@ -57,6 +57,7 @@ class Guard(asyncio.Protocol):
         self.busy = 0  # requests being handled on this connection
         self.quiet_since = time.monotonic()  # opened, or the last answer ended
         self.partial = False  # bytes of a next request arrived while nothing was handled
+        self.served = 0  # requests handled on this connection so far
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -89,6 +90,7 @@ class Guard(asyncio.Protocol):
 
     def request_ended(self) -> None:
         self.busy = max(0, self.busy - 1)
+        self.served += 1
         self.quiet_since = time.monotonic()
 
     def expired(self, now: float, limits: Limits) -> str | None:
@@ -96,7 +98,8 @@ class Guard(asyncio.Protocol):
         if self.busy:
             return None
         quiet = now - self.quiet_since
-        if self.partial and quiet > limits.header_timeout:
+        if (self.partial or not self.served) and quiet > limits.header_timeout:
+            # A new connection owes its first request at once; a kept-alive one, the rest of a request it began.
             return "did not finish its request's headers in time"
         if quiet > limits.idle_timeout:
             return "idle keep-alive"

@@ -18,11 +18,12 @@ from dataclasses import fields
 from typing import Any
 
 import aiohttp
+import yarl
 from aiohttp import web
 
 from llmctl.errors import ConfigError
 from llmctl.gateway import edges
-from llmctl.gateway.body import LARGE_BODY, model_of, read_body, with_model
+from llmctl.gateway.body import LARGE_BODY, parse_body, read_body, with_model
 from llmctl.gateway.guard import Gate, Limits
 from llmctl.gateway.headers import request_headers, response_headers
 from llmctl.gateway.link import NotAdmitted, SupervisorLink
@@ -99,7 +100,7 @@ class Gateway:
         app.router.add_get("/v1/models", self._models)
         app.router.add_get("/v1/models/{model_id:.+}", self._model)
         app.router.add_get("/metrics", self._metrics)
-        app.router.add_post("/v1/{tail:.+}", self._proxy)
+        app.router.add_post("/v1/{tail:.+}", self._proxy, expect_handler=self._expect)
         # handler_cancellation: a client that goes away cancels its handler, in every phase.
         # auto_decompress off: llmctl.gateway.body decodes a compressed body itself, within max_body.
         self._runner = web.AppRunner(
@@ -167,9 +168,11 @@ class Gateway:
             response = await self._checked(request, handler)
         except Refused as refused:
             response = error_response(refused)
-            log_refusal(
-                log, request.method, request.raw_path, "-", refused.status, str(refused), time.monotonic() - started
-            )
+            if refused.status in (408, 413):
+                response.force_close()  # do not read the rest of a body that was refused
+            reason = f"{refused.code}: {refused}"
+            duration = time.monotonic() - started
+            log_refusal(log, request.method, request.raw_path, request.get("model"), refused.status, reason, duration)
         finally:
             if guard is not None:
                 guard.request_ended()
@@ -177,7 +180,30 @@ class Gateway:
         allowed = origin and self.spec is not None and edges.origin_allowed(origin, self.spec.cors_origins)
         if allowed and not response.prepared:  # a streamed answer got them before its status line went out
             response.headers.update(edges.cors_headers(origin, preflight=request.method == "OPTIONS"))
+        elif origin and not response.prepared:
+            response.headers["Vary"] = "Origin"  # a cache must not serve this refusal to another origin
         return response
+
+    async def _expect(self, request: web.Request) -> web.StreamResponse | None:
+        """`Expect: 100-continue` is the gateway's to answer, never forwarded (mlx_lm.server never answers
+        it: the request would hang). A body over max_body, or a request without the key, gets its refusal
+        instead of the 100. aiohttp runs this before the middleware: it returns, never raises."""
+        spec = self.spec
+        refused = None
+        if request.headers.get("Expect", "").lower() != "100-continue":
+            refused = Refused(417, "only `Expect: 100-continue` is understood", "expectation_failed")
+        elif spec is not None and (request.content_length or 0) > spec.max_body:
+            refused = Refused(413, f"the request is larger than {spec.max_body} bytes (max_body)", "too_large")
+        elif self.api_key and not edges.key_matches(edges.api_key_from(request.headers), self.api_key):
+            refused = Refused(401, "a valid API key is required", "invalid_api_key")
+        if refused is not None:
+            response = error_response(refused)
+            response.force_close()
+            log_refusal(log, request.method, request.raw_path, None, refused.status, refused.code, 0.0)
+            return response
+        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        request.writer.output_size = 0  # the interim answer is not part of the response's size
+        return None
 
     async def _checked(self, request: web.Request, handler: Any) -> web.StreamResponse:
         spec = self.spec
@@ -193,7 +219,7 @@ class Gateway:
             if origin is None:
                 raise Refused(403, "a preflight request needs an Origin", "forbidden_origin")
             return web.Response(status=204)
-        edges.normalise_path(request.raw_path.split("?", 1)[0])
+        edges.normalise_path(request.raw_path.partition("?")[0])
         given = edges.api_key_from(request.headers)
         if self.api_key and request.path != "/health" and not edges.key_matches(given, self.api_key):
             raise Refused(401, "a valid API key is required", "invalid_api_key")
@@ -271,15 +297,19 @@ class Gateway:
         status, name, request_id = 499, "-", None
         try:
             body = await read_body(request, spec.max_body, BODY_TIMEOUT)
-            if len(body) > LARGE_BODY:
-                is_json, model = await asyncio.to_thread(model_of, request.content_type, body)
-            else:
-                is_json, model = model_of(request.content_type, body)
-            route = self._resolve(model)
+            large = len(body) >= LARGE_BODY  # parsed in a thread: other requests go on meanwhile
+            parsed = (
+                await asyncio.to_thread(parse_body, request.content_type, body)
+                if large
+                else parse_body(request.content_type, body)
+            )
+            request["model"] = parsed.model
+            route = self._resolve(parsed.model)
             name = route.name
             metric = self.metric(name)
             request_id, route = await self._admit(route, metric)
-            upstream_body = with_model(body, is_json, route.upstream_model)
+            rewrite = (body, parsed.is_json, route.upstream_model, parsed.payload)
+            upstream_body = await asyncio.to_thread(with_model, *rewrite) if large else with_model(*rewrite)
             try:
                 response, status = await self._forward(request, route, upstream_body, started)
             except _Unreachable:
@@ -331,7 +361,7 @@ class Gateway:
         headers = request_headers(
             request.headers, gateway_has_key=self.api_key is not None, upstream_key=route.upstream_api_key
         )
-        url = route.url + request.raw_path
+        url = yarl.URL(route.url + request.raw_path, encoded=True)  # checked by edges.normalise_path: sent as is
         timeout = aiohttp.ClientTimeout(
             total=None, connect=spec.pool_wait, sock_connect=10, sock_read=spec.read_timeout
         )
@@ -374,7 +404,8 @@ class Gateway:
     ) -> tuple[web.StreamResponse, int]:
         """Stream the upstream's answer; (response, the status to count: 499 when the client left)."""
         response = web.StreamResponse(status=upstream.status)
-        response.headers.update(response_headers(upstream.headers))
+        for name, value in response_headers(upstream.headers):
+            response.headers.add(name, value)
         origin = request.headers.get("Origin")
         if origin and self.spec is not None and edges.origin_allowed(origin, self.spec.cors_origins):
             response.headers.update(edges.cors_headers(origin, preflight=False))
