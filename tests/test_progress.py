@@ -35,7 +35,7 @@ def test_a_download_longer_than_start_timeout_is_progress_and_shows_in_status(tm
     up = subprocess.Popen([LLMCTL, "up"], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     seen = wait_for(
         lambda: (
-            (p := by_name(status_json(cwd=tmp_path))["dl"].get("progress"))
+            (p := by_name(status_json(cwd=tmp_path)).get("dl", {}).get("progress"))
             and p["phase"] == "downloading"
             and (p["downloaded_bytes"] or 0) > 1 << 20
             and p
@@ -201,7 +201,7 @@ def test_a_silent_download_into_the_instances_own_cache_is_progress_without_a_mo
     write_config(tmp_path, "instances:\n" + entry.replace("{HF_HOME}", str(tmp_path / "hf")))
     up = subprocess.Popen([LLMCTL, "up"], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     wait_for(
-        lambda: (p := by_name(status_json(cwd=tmp_path))["quiet"].get("progress")) and p["phase"] == "downloading",
+        lambda: (p := by_name(status_json(cwd=tmp_path)).get("quiet", {}).get("progress")) and p["phase"] == "downloading",
         timeout=20,
     )
     _, err = up.communicate(timeout=60)

@@ -55,6 +55,8 @@ class InstanceSpec:
     ttl: float | None = None
     max_queue: int = 10
     kind: str | None = None  # backend `external`: what kind of server it is (its readiness path)
+    upstream_api_key_env: str | None = None  # the gateway's key for this upstream: a variable's name
+    upstream_api_key_file: str | None = None  # or a 0600 file
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> InstanceSpec:

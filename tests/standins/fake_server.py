@@ -47,6 +47,7 @@ def main() -> int:
     parser.add_argument("--tick", type=float, default=0.0)
     parser.add_argument("--count-term", action="store_true")
     parser.add_argument("--say-hex", default="")
+    parser.add_argument("--log-probes", action="store_true", help="print the monotonic time of each GET")
     args = parser.parse_args()
 
     print(f"fake server pid {os.getpid()} starting", flush=True)
@@ -78,6 +79,8 @@ def main() -> int:
 
     class Handler(http.server.BaseHTTPRequestHandler):
         def do_GET(self) -> None:
+            if args.log_probes:
+                print(f"probe at {time.monotonic():.6f}", flush=True)
             ready = not args.never_ready and time.monotonic() >= ready_at
             body = b'{"status":"ok"}' if ready else b'{"error":{"code":503,"message":"Loading model"}}'
             sick = args.sick_file and os.path.exists(args.sick_file)

@@ -105,6 +105,10 @@ class InstanceModel(_Strict):
     on_demand: bool = False
     ttl: Seconds | None = None
     max_queue: Annotated[int, Field(ge=0)] = 10
+    # The key the gateway sends this upstream (llama-server --api-key, LM Studio with auth, a remote
+    # server): the name of an environment variable, or a file of mode 0600; never the key itself.
+    upstream_api_key_env: str | None = None
+    upstream_api_key_file: str | None = None
     # backend `external`: the URL of a server llmctl attaches to (never starts), and what kind it is.
     url: str | None = None
     kind: Literal["lmstudio", "gpt4all", "localai", "ollama", "llama.cpp", "openai"] | None = None

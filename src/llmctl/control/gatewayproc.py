@@ -248,6 +248,11 @@ class GatewayProcess:
             upstream_model = backend_for(spec.backend).upstream_model(spec)
         except (KeyError, ValueError):
             upstream_model = spec.name
+        try:
+            key = read_secret("upstream_api_key", spec.upstream_api_key_env, spec.upstream_api_key_file, self.environ)
+        except ConfigError as exc:
+            log.error("%s: %s; its requests go without a key", spec.name, exc)
+            key = None
         return Route(
             name=spec.name,
             url=spec.url,
@@ -256,6 +261,7 @@ class GatewayProcess:
             aliases=tuple(spec.aliases),
             upstream_model=upstream_model,
             on_demand=spec.on_demand,
+            upstream_api_key=key,
             usage=runner.usage.to_dict(time.monotonic()),
         )
 
