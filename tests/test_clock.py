@@ -9,7 +9,7 @@ import json
 import sys
 import time
 
-from llmctl.config.schema import parse_config
+from llmctl.config.load import parse_config
 from llmctl.control.states import State
 from llmctl.control.supervisor import Supervisor
 from llmctl.paths import StatePaths

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from llmctl.config.schema import load_config, parse_config
+from llmctl.config.load import load_config, parse_config
 from llmctl.errors import ConfigError
 
 from .helpers import llmctl, write_config

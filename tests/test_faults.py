@@ -74,7 +74,7 @@ def test_the_first_crash_of_a_healthy_server_restarts_at_once(tmp_path):
 
 
 def test_a_reused_pid_is_never_adopted_nor_signalled(tmp_path, state_dir):
-    from llmctl.config.schema import load_config
+    from llmctl.config.load import load_config
 
     config_path = write_config(tmp_path, "instances:" + command_instance("fake", free_port()))
     stranger = subprocess.Popen(["sleep", "1000"])

@@ -32,7 +32,7 @@ def test_heavy_libraries_stay_out(statement):
 
 
 def test_the_core_imports_no_terminal_library():
-    statement = "import llmctl.config.schema, llmctl.control.service, llmctl.control.supervisor, llmctl.gateway.server"
+    statement = "import llmctl.config.load, llmctl.control.service, llmctl.control.supervisor, llmctl.gateway.server"
     assert not {"typer", "rich"} & set(imported_after(statement))
 
 

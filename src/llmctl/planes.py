@@ -30,6 +30,9 @@ Gateway -> supervisor (each line has an "op"):
         A request is going straight to a healthy instance: it counts as in flight from now on.
     {"op": "end", "id": N, "status": S, "seconds": F}
         A request that was acquired or begun is over (S: the HTTP status the client got; 499: it left).
+    {"op": "stop", "instance": NAME, "reason": "..."}
+        Stop the instance once idle (a request's keep_alive of 0). The runner decides: an instance
+        with requests in flight or waiting, or a pinned one (no on_demand), is not stopped.
 
 Requests ids are the gateway's, unique per connection. When the connection closes, the supervisor
 ends every request still open on it, and a new gateway (or the same one, reconnected to a new

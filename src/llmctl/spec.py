@@ -3,7 +3,7 @@
 config.py validates instances.yaml with pydantic and hands back these; the supervisor, which lives
 as long as the servers and should stay small, works with them alone and never imports pydantic.
 They travel between the CLI, the supervisor and state.json as plain dicts (`to_dict`/`from_dict`).
-Defaults and constraints live in config.py's schema, once: every field here is filled from it.
+Defaults and constraints live in llmctl.config's schema, once: every field here is filled from it.
 """
 
 from __future__ import annotations

@@ -391,7 +391,7 @@ def doctor(file: FileOption = None, json_output: JsonOption = False) -> None:
     Exit 0 when nothing is wrong (warnings allowed), 1 when there is a problem.
     """
     from llmctl.beyond import doctor as checks
-    from llmctl.config.schema import load_config
+    from llmctl.config.load import load_config
 
     paths = StatePaths.default()
     findings = checks.diagnose(_config_path(file), paths, lambda path: load_config(path, check_backends=False))

@@ -1,4 +1,5 @@
-"""A cache of validated configs, keyed by what validation depends on.
+"""The cache around the config pipeline (llmctl.config.load): validated configs, keyed by what
+validation depends on.
 
 Validating instances.yaml with the schema costs ~200 ms (PyYAML, pydantic building its validators);
 `llmctl up` when everything already runs should cost less than that in all. The schema's verdict
@@ -21,13 +22,13 @@ import re
 from pathlib import Path
 
 from llmctl import __version__
+from llmctl.config.read import MAX_CONFIG_BYTES, read_config
 from llmctl.errors import ConfigError
 from llmctl.spec import Config
 from llmctl.system.files import read_regular_file
 
 _REFERENCE = re.compile(rb"\$\{([A-Za-z_][A-Za-z0-9_]*)")
 MAX_ENTRIES = 8
-MAX_CONFIG_BYTES = 4 * 1024 * 1024  # as config.py's
 
 
 def cache_folder() -> Path:
@@ -36,7 +37,8 @@ def cache_folder() -> Path:
     return StatePaths.default().root / "config-cache"
 
 
-SCHEMA_SOURCES = ("config/schema.py", "config/prep.py", "spec.py")  # relative to the llmctl package
+# Relative to the llmctl package. config/load.py holds the loader that config/schema.py held before the split.
+SCHEMA_SOURCES = ("config/schema.py", "config/prep.py", "spec.py", "config/load.py")
 
 
 def _schema_stamp() -> bytes:
@@ -61,28 +63,21 @@ def cache_key(path: Path, content: bytes) -> str:
 
 def load_config_cached(path: Path, folder: Path | None = None) -> Config:
     """The validated config at `path`, from the cache when nothing it depends on changed."""
-    try:
-        content = _read(path)
-    except OSError:
-        return _full(path)  # the full loader words the error
+    text = read_config(path)  # read once: the key and, on a miss, the pipeline's next step use the same text
     folder = folder or cache_folder()
-    entry = folder / f"{cache_key(path, content)}.json"
+    entry = folder / f"{cache_key(path, text.encode('utf-8'))}.json"
     cached = _cached(entry)
     if cached is not None and _backend_checks_pass(cached):
         return cached
-    config = _full(path)
+    config = _validated(text, path)
     _store(folder, entry, config)
     return config
 
 
-def _read(path: Path) -> bytes:
-    return read_regular_file(path, MAX_CONFIG_BYTES, follow_symlinks=True)  # a dotfiles link is fine
+def _validated(text: str, path: Path) -> Config:
+    from llmctl.config.load import parse_config  # pydantic and YAML: only when the cache cannot answer
 
-
-def _full(path: Path) -> Config:
-    from llmctl.config.schema import load_config
-
-    return load_config(path)
+    return parse_config(text, path)
 
 
 def _cached(entry: Path) -> Config | None:

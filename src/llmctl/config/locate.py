@@ -1,35 +1,56 @@
-"""Turn a schema's verdict into one line naming the file, the line, the instance and the field:
+"""Step 5 of the config pipeline, on a failure: every problem as one line naming the file, the line,
+the instance and the field:
 
 instances.yaml:14: instance 'chat', port: must be between 1024 and 65535 (got 70000)
+
+A problem arrives as a location (a path of keys and indexes into the document) and a message: from
+pydantic's verdict (`validation_lines`), or from the steps around it (`located_lines`). The line is
+read back from the marks llmctl.config.yamlsource left on the parsed document.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from llmctl.config.yamlsource import line_of
+from llmctl.config.yamlsource import LineDict, LineList
+
+Problem = tuple[tuple[Any, ...], str]  # (location, message)
 
 
-def validation_errors(
-    path: Path, document: Any, error: ValidationError, root: type[BaseModel], sections: dict[str, type[BaseModel]]
+def located_lines(path: Path, document: Any, problems: Iterable[Problem]) -> list[str]:
+    """One located line per problem, in order."""
+    return [
+        located(path, line_of(document, location), describe(document, location, message))
+        for location, message in problems
+    ]
+
+
+def validation_lines(
+    path: Path,
+    document: Any,
+    error: ValidationError,
+    root: type[BaseModel],
+    sections: dict[str, type[BaseModel]],
+    also: Sequence[Problem] = (),
 ) -> list[str]:
-    """Every problem the schema found, one located line each, the most telling first."""
+    """Every problem the schema found, one located line each, the most telling first; then the
+    problems in `also` (found beside the schema) that do not repeat one of those lines."""
     # An unknown key is usually a misspelt one, which also explains a "missing" error: report it first.
     problems = sorted(error.errors(include_url=False), key=lambda problem: problem["type"] != "extra_forbidden")
     lines = []
     for problem in problems:
         location = _schema_location(problem["loc"])
-        message = _friendly(problem, document, location, root, sections)
+        message = _friendly(problem, location, root, sections)
         if problem["type"] == "missing":
             location = location[:-1]
         line = located(path, line_of(document, location), describe(document, location, message))
         if line not in lines:
             lines.append(line)
-    return lines
+    return lines + [line for line in located_lines(path, document, also) if line not in lines]
 
 
 def summary(problems: list[str]) -> str:
@@ -49,7 +70,6 @@ def _schema_location(location: tuple[Any, ...]) -> tuple[Any, ...]:
 
 def _friendly(
     problem: Mapping[str, Any],
-    document: Any,
     location: tuple[Any, ...],
     root: type[BaseModel],
     sections: dict[str, type[BaseModel]],
@@ -107,3 +127,19 @@ def located(path: Path, line: int | None, message: str) -> str:
     # One line, whatever the file holds: a key or value with a newline or control character is escaped.
     message = "".join(char if char.isprintable() else repr(char)[1:-1] for char in message)
     return f"{path}:{line}: {message}" if line else f"{path}: {message}"
+
+
+def line_of(document: Any, location: Iterable[Any]) -> int | None:
+    """The line of the deepest value on `location` (a path of keys and indexes) that YAML recorded."""
+    line = getattr(document, "line", None)
+    node = document
+    for step in location:
+        if isinstance(node, LineDict) and step in node:
+            line = node.lines.get(step, line)
+            node = node[step]
+        elif isinstance(node, LineList) and isinstance(step, int) and 0 <= step < len(node):
+            line = node.lines[step]
+            node = node[step]
+        else:
+            break
+    return line

@@ -1,7 +1,8 @@
-"""The steps between YAML and the schema: `${VAR}` expansion and `defaults:` merged into each instance.
+"""Step 3 of the config pipeline: prepare the parsed document for the schema.
 
-They run on the parsed document (mappings that remember their lines, llmctl.config.yamlsource), so a
-problem found here is reported with the line it is on, like a schema error.
+`${VAR}` expansion, then `defaults:` merged into each instance. Both run on the parsed document
+(mappings that remember their lines, llmctl.config.yamlsource), so a problem found here is reported
+with the line it is on, like a schema error.
 """
 
 from __future__ import annotations
@@ -26,6 +27,12 @@ class FieldProblem(Exception):
     def __init__(self, location: tuple[Any, ...], message: str) -> None:
         super().__init__(message)
         self.location = location
+
+
+def prepare(document: LineDict, config_dir: Path, default_keys: Collection[str]) -> dict[str, Any]:
+    """What the schema validates: variables expanded, then defaults applied (keys outside
+    `default_keys` are left for the schema to report); FieldProblem for an unset variable."""
+    return apply_defaults(expand_variables(document, ()), config_dir, default_keys)
 
 
 def expand_variables(node: Any, location: tuple[Any, ...]) -> Any:

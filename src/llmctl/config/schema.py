@@ -1,14 +1,13 @@
-"""The schema of instances.yaml, and the loader that turns mistakes into one clear line.
+"""Step 4 of the config pipeline: the schema of instances.yaml, which validates the prepared document.
 
-The pydantic models here hold every default and constraint; a valid file comes back as the plain
-dataclasses of llmctl.spec, which is all the rest of llmctl (the supervisor above all) works with.
+The pydantic models here hold every default and constraint; `ConfigModel.to_spec()` turns a valid
+document into the plain dataclasses of llmctl.spec, which is all the rest of llmctl (the supervisor
+above all) works with; `valid_instances` does it for each instance entry valid on its own. Messages
+name what is wrong and what is valid; llmctl.config.locate adds the file, line, instance and field.
 
-Every error names the file, the line where YAML has one, the instance and the field, e.g.
-
-    instances.yaml:14: instance 'chat', port: must be between 1024 and 65535 (got 70000)
-
-Relative model paths and `command` programs resolve against the config file's folder, so the
-supervisor, which runs elsewhere, sees the same files the user meant.
+Relative model paths and `command` programs resolve against the config file's folder (`workdir`,
+filled in by llmctl.config.prep), so the supervisor, which runs elsewhere, sees the same files the
+user meant.
 """
 
 from __future__ import annotations
@@ -16,20 +15,13 @@ from __future__ import annotations
 import re
 import shlex
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from llmctl.config.locate import describe, located, summary, validation_errors
-from llmctl.config.prep import FieldProblem, apply_defaults, expand_variables
-from llmctl.config.yamlsource import LineDict, YamlSyntaxError, line_of, load_yaml
-from llmctl.errors import ConfigError
-from llmctl.paths import CONFIG_ENV, DEFAULT_CONFIG_NAME
+from llmctl.config.prep import FieldProblem
 from llmctl.spec import Config, GatewaySpec, InstanceSpec
-from llmctl.system.files import read_regular_file
 
-MAX_CONFIG_BYTES = 4 * 1024 * 1024
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 
 
@@ -339,6 +331,21 @@ class ConfigModel(_Strict):
         )
 
 
+def valid_instances(prepared: Any) -> list[tuple[int, InstanceSpec]]:
+    """(index, spec) of each instance entry that passes the schema on its own, for the checks that
+    run beside a failed validation (so `llmctl check` lists every problem at once)."""
+    entries = prepared.get("instances") if isinstance(prepared, Mapping) else None
+    valid = []
+    for index, entry in enumerate(entries if isinstance(entries, list) else []):
+        try:
+            valid.append(
+                (index, InstanceSpec.from_dict(InstanceModel.model_validate(entry).model_dump(exclude={"url"})))
+            )
+        except (ValidationError, ValueError, TypeError):
+            continue
+    return valid
+
+
 def _size(value: Any) -> int:
     from llmctl.memory.measure import parse_size
 
@@ -356,85 +363,8 @@ def _scalar_to_str(value: Any) -> Any:
     return value
 
 
-def load_config(path: Path, check_backends: bool = True) -> Config:
-    """Read, expand and validate a config file; any problem is a ConfigError of one line."""
-    try:
-        text = read_regular_file(path, MAX_CONFIG_BYTES, follow_symlinks=True).decode("utf-8")
-    except FileNotFoundError:
-        raise ConfigError(
-            f"{path}: config file not found (give one with -f/--file or ${CONFIG_ENV}, "
-            f"or create ./{DEFAULT_CONFIG_NAME})"
-        ) from None
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read config file: {exc.strerror or exc}") from None
-    except UnicodeDecodeError as exc:
-        raise ConfigError(f"{path}: cannot read config file: not UTF-8 ({exc.reason} at byte {exc.start})") from None
-    return parse_config(text, path, check_backends)
-
-
-def parse_config(text: str, path: Path, check_backends: bool = True) -> Config:
-    """The validated config; `check_backends=False` skips what only a start needs (the model file),
-    for `llmctl doctor`, which reports those itself beside everything else."""
-    try:
-        document = load_yaml(text)
-    except YamlSyntaxError as exc:
-        raise ConfigError(located(path, exc.line, str(exc))) from None
-    if document is None:
-        raise ConfigError(f"{path}: the file is empty; it needs an `instances:` list")
-    if not isinstance(document, LineDict):
-        raise ConfigError(located(path, 1, "the top level must be a mapping with an `instances:` list"))
-    try:
-        expanded = expand_variables(document, ())
-        prepared = apply_defaults(expanded, path.parent, DefaultsModel.model_fields)
-        config = ConfigModel.model_validate({**prepared, "path": str(path)}).to_spec()
-    except FieldProblem as exc:
-        message = describe(document, exc.location, str(exc))
-        raise ConfigError(located(path, line_of(document, exc.location), message)) from None
-    except ValidationError as exc:
-        problems = validation_errors(path, document, exc, ConfigModel, _SECTION_MODELS)
-        if check_backends:  # every problem at once: the instances that are valid on their own are checked too
-            problems += [
-                line for line in _backend_problems(path, document, _valid_instances(prepared)) if line not in problems
-            ]
-        raise ConfigError(summary(problems), problems) from None
-    problems = _backend_problems(path, document, enumerate(config.instances)) if check_backends else []
-    if problems:
-        raise ConfigError(summary(problems), problems)
-    return config
-
-
-def _valid_instances(prepared: Any) -> list[tuple[int, InstanceSpec]]:
-    """(index, spec) of each instance entry that passes the schema on its own."""
-    entries = prepared.get("instances") if isinstance(prepared, Mapping) else None
-    valid = []
-    for index, entry in enumerate(entries if isinstance(entries, list) else []):
-        try:
-            valid.append(
-                (index, InstanceSpec.from_dict(InstanceModel.model_validate(entry).model_dump(exclude={"url"})))
-            )
-        except (ValidationError, ValueError, TypeError):
-            continue
-    return valid
-
-
-def _backend_problems(path: Path, document: Any, instances: Any) -> list[str]:
-    problems = []
-    for index, instance in instances:
-        problem = _backend_problem(instance)
-        if problem:
-            field, message = problem
-            location = ("instances", index, field)
-            problems.append(located(path, line_of(document, location), describe(document, location, message)))
-    return problems
-
-
-def _backend_problem(instance: InstanceSpec) -> tuple[str, str] | None:
-    from llmctl.backends import backend_for
-
-    return backend_for(instance.backend).check_spec(instance)
-
-
-_SECTION_MODELS: dict[str, type[BaseModel]] = {
+# The model of each section, by its key: llmctl.config.locate names a section's valid keys from it.
+SECTION_MODELS: dict[str, type[BaseModel]] = {
     "instances": InstanceModel,
     "defaults": DefaultsModel,
     "health": HealthModel,

@@ -1,13 +1,12 @@
-"""Read YAML safely and remember where each value came from.
+"""Step 2 of the config pipeline: parse the text as YAML, safely, remembering where each value came from.
 
 `yaml.safe_load` silently keeps the last of two equal keys and forgets line numbers; a config error
 that cannot point at its line is half an error. This loader rejects duplicate keys and returns dicts
-and lists that know the line of each of their entries.
+and lists that know the line of each of their entries (llmctl.config.locate reads them back).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from typing import Any
 
 import yaml
@@ -123,19 +122,3 @@ def load_yaml(text: str) -> Any:
         raise YamlSyntaxError(str(exc).splitlines()[0], None) from None
     except RecursionError:
         raise YamlSyntaxError("the document is nested too deeply", None) from None
-
-
-def line_of(document: Any, location: Iterable[Any]) -> int | None:
-    """The line of the deepest value on `location` (a path of keys and indexes) that YAML recorded."""
-    line = getattr(document, "line", None)
-    node = document
-    for step in location:
-        if isinstance(node, LineDict) and step in node:
-            line = node.lines.get(step, line)
-            node = node[step]
-        elif isinstance(node, LineList) and isinstance(step, int) and 0 <= step < len(node):
-            line = node.lines[step]
-            node = node[step]
-        else:
-            break
-    return line

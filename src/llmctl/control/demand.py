@@ -123,6 +123,14 @@ class Demand:
             self.fleet.sample([runner])  # its measured memory, for the next decision
             self.fleet.publish(runner)
 
+    def stop_if_idle(self, runner: Runner, reason: str) -> None:
+        """The gateway asks for a stop (a request's keep_alive of 0): only an on-demand instance, and
+        only once nothing is in flight or waiting; a pinned one stays, and its log says why."""
+        if not runner.spec.on_demand:
+            runner.note(f"not stopped ({reason}): it is pinned (no on_demand)")
+            return
+        runner.send("expire", reason)
+
     def cancelled(self, runner: Runner) -> None:
         """A waiter's client went away (the gateway says so); same as its task being cancelled."""
         self._waiter_left(runner)

@@ -332,6 +332,10 @@ class GatewayProcess:
         elif op == "acquire" and isinstance(request_id, int):
             task = asyncio.ensure_future(self._acquire(link, request_id, str(message.get("instance"))))
             link.waiting[request_id] = task
+        elif op == "stop":
+            runner = self.runners.get(str(message.get("instance")))
+            if runner is not None:
+                self.demand.stop_if_idle(runner, str(message.get("reason") or "asked by the gateway")[:200])
         elif op == "cancel" and isinstance(request_id, int):
             waiting = link.waiting.pop(request_id, None)
             if waiting is not None:

@@ -120,6 +120,7 @@ class Runner:
         self.over_memory_since: float | None = None
         self.progress: progress.StartProgress | None = None
         self.usage = Usage()
+        self._spec_dict: tuple[InstanceSpec | None, dict[str, Any]] = (None, {})
         self._mailbox = Mailbox()
         if adoption is not None:
             self._adopt(adoption)
@@ -444,7 +445,9 @@ class Runner:
 
     def record(self) -> state.InstanceRecord | None:
         """What state.json keeps of this instance: anything with a process, or meant to run."""
-        wanted, server, spec = self.state in WANTED_RUNNING, self.server, self.spec.to_dict()
+        if self._spec_dict[0] is not self.spec:  # to_dict walks the whole spec: once per spec, not per save
+            self._spec_dict = (self.spec, self.spec.to_dict())
+        wanted, server, spec = self.state in WANTED_RUNNING, self.server, self._spec_dict[1]
         if server is None:
             return state.InstanceRecord(self.name, spec, restarts=self.restarts) if wanted else None
         handle = server.handle

@@ -1,10 +1,13 @@
 """Memory and CPU of every instance's process tree, sampled adaptively, and max_memory enforced.
 
-Sampling a tree costs ~2 ms (smaps_rollup for each member): every instance every 2 s would keep
-the supervisor of 50 instances busy. What changes is sampled often (a server that started in the
-last minute, one with max_memory to enforce), the rest every SAMPLE_EVERY seconds; `status`
-resamples what is older than STATUS_FRESHNESS. Over max_memory for memory_grace seconds, the runner
-is asked to replace the server; the sampler never signals a process itself.
+What changes is sampled often (a server that started in the last minute, one with max_memory to
+enforce), the rest every SAMPLE_EVERY seconds; `status` resamples what is older than
+STATUS_FRESHNESS. Trees are sampled in batches: when one is due, those due within half their
+interval join it, so the process table is read once per batch rather than every tick. A sample
+rereads PSS (the dear part: llmctl.memory.measure) only when the tree's RSS moved, when PSS_EVERY
+passed, or when a server came or went: the pages it shared with the others then count differently
+in their PSS. Over max_memory for memory_grace seconds, the runner is asked to replace the server;
+the sampler never signals a process itself.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
 
     from llmctl.control.runner import Runner
+    from llmctl.system.process import ProcessHandle
 
 log = logging.getLogger("llmctl.control.sampler")
 
@@ -30,6 +34,7 @@ SAMPLE_EVERY = 10.0
 SAMPLE_EVERY_WATCHED = 2.0
 YOUNG = 60.0
 STATUS_FRESHNESS = 5.0
+PSS_EVERY = 60.0  # the longest a tree's PSS is carried over while its RSS stays put
 
 
 class Sampler:
@@ -37,20 +42,33 @@ class Sampler:
         self.runners = runners
         self._cpu_samplers: dict[int, Any] = {}
         self._gpu = GpuMemory()
+        self._fleet: frozenset[ProcessHandle] = frozenset()  # the servers the last batch saw
 
     async def run_forever(self) -> None:
         while True:
-            now = time.monotonic()
-            due = [r for r in self.runners() if r.server and now - r.sampled_at >= _every(r, now)]
-            for runner in self.sample(due):
-                enforce_max_memory(runner)
+            self.sample_due()
             await asyncio.sleep(SAMPLE_TICK)
+
+    def sample_due(self) -> None:
+        """One batch of what is due (all of it, PSS included, when a server came or went)."""
+        now = time.monotonic()
+        running = [runner for runner in self.runners() if runner.server]
+        fleet = frozenset(runner.server.handle for runner in running if runner.server)
+        if fleet != self._fleet:  # a server came or went: every PSS changed a little
+            self._fleet = fleet
+            due, reread = running, True
+        elif any(now - runner.sampled_at >= _every(runner, now) for runner in running):
+            due, reread = [runner for runner in running if now - runner.sampled_at >= _every(runner, now) / 2], False
+        else:
+            return
+        for runner in self.sample(due, reread_pss=reread):
+            enforce_max_memory(runner)
 
     def refresh_stale(self) -> None:
         now = time.monotonic()
         self.sample([r for r in self.runners() if r.server and now - r.sampled_at > STATUS_FRESHNESS])
 
-    def sample(self, runners: list[Runner]) -> list[Runner]:
+    def sample(self, runners: list[Runner], *, reread_pss: bool = False) -> list[Runner]:
         """Sample these runners' trees with one read of the process table; those sampled."""
         if not runners:
             return []
@@ -60,9 +78,12 @@ class Sampler:
         for runner in runners:
             if runner.server is None:
                 continue
-            runner.sampled_at = time.monotonic()
+            runner.sampled_at = now = time.monotonic()
+            previous = runner.memory
+            if reread_pss or previous is None or now - previous.pss_at >= PSS_EVERY:
+                previous = None
             try:
-                runner.memory = sample_tree(runner.server.handle, self._cpu_samplers, gpu, children)
+                runner.memory = sample_tree(runner.server.handle, self._cpu_samplers, gpu, children, previous)
             except Exception as exc:  # a sampling error must never hurt supervision
                 log.debug("sampling %s failed: %s", runner.name, exc)
                 continue

@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -55,10 +55,12 @@ def save(
     payload = {
         "version": SCHEMA_VERSION,
         "config": config,
-        "instances": [asdict(record) for record in records],
+        "instances": [vars(record) for record in records],  # not asdict(): it deep-copies every spec
         "gateway": gateway,
     }
-    write_atomically(path, json.dumps(payload, indent=1))
+    # No indent: json's C encoder serves only compact output, and the supervisor writes this on every
+    # start and stop of every instance.
+    write_atomically(path, json.dumps(payload, separators=(",", ":")))
 
 
 def remove_stale_temps(path: Path) -> None:

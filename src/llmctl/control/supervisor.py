@@ -60,6 +60,8 @@ class Supervisor:
         self.gateways = GatewayProcess(paths, self.services.environ, self.runners, self.demand)
         self.gateways.on_record = self.save
         self.adopting = False  # while true, runners' changes are not persisted one by one
+        self._config_dict: tuple[Config | None, dict[str, Any]] = (None, {})
+        self._saved: tuple[Any, ...] | None = None  # what state.json holds now, as last written
         self.gateway_resume: asyncio.Future[None] | None = None  # adoption serving the gateway again
 
     async def __aenter__(self) -> Supervisor:
@@ -105,7 +107,7 @@ class Supervisor:
                 "run `llmctl down` first, or use another $LLMCTL_STATE_DIR for a second config"
             )
         self.config = config
-        self.learn_settings(config.to_dict())
+        self.learn_settings(self._settings())
         for name in [name for name, runner in self.runners.items() if name not in config.names]:
             if self.runners[name].state not in WANTED_RUNNING:  # gone from the config and not running: forget it
                 self.runners.pop(name).forget()
@@ -256,13 +258,27 @@ class Supervisor:
         self._change.set()
         self._change = asyncio.Event()
 
+    def _settings(self) -> dict[str, Any]:
+        """The config as state.json keeps it (converted once per config: it holds every instance's spec)."""
+        if self.config is None:
+            return {"path": self.config_path, "binaries": self.services.binaries}
+        if self._config_dict[0] is not self.config:
+            self._config_dict = (self.config, self.config.to_dict())
+        return self._config_dict[1]
+
     def save(self) -> None:
-        records = [runner.record() for runner in self.runners.values() if runner.record() is not None]
-        settings = (
-            self.config.to_dict() if self.config else {"path": self.config_path, "binaries": self.services.binaries}
-        )
+        """Write state.json at once when anything a new supervisor needs changed (a PID, a create time,
+        a wanted flag, the config, the gateway's process). Most changes leave all that as it was
+        (starting -> healthy, a failed probe): they write nothing, so `up` of N instances costs O(N)
+        writes, not one per state change."""
+        records = [record for runner in self.runners.values() if (record := runner.record()) is not None]
+        snapshot = (self._settings(), records, self.gateways.record())
+        if snapshot == self._saved and self.paths.state_file.exists():  # gone with its folder: write it again
+            return
         try:
-            state.save(self.paths.state_file, settings, records, self.gateways.record())  # type: ignore[arg-type]
+            state.save(self.paths.state_file, *snapshot)
         except OSError as exc:
             # The servers keep running; only adoption after a supervisor crash is at risk.
             log.error("cannot write state file %s: %s", self.paths.state_file, exc)
+            return
+        self._saved = snapshot

@@ -91,6 +91,10 @@ class SupervisorLink:
         if self._open.pop(request_id, None) is not None:
             self._send({"op": "end", "id": request_id, "status": status, "seconds": round(seconds, 4)})
 
+    def stop(self, instance: str, reason: str) -> None:
+        """Ask for the instance to be stopped once idle (the runner decides; see llmctl.planes)."""
+        self._send({"op": "stop", "instance": instance, "reason": reason})
+
     async def acquire(self, instance: str) -> int:
         """Wait until the supervisor says the instance serves (starting it if need be); returns the
         request's id for `end`. Raises NotAdmitted with the status the client must get."""

@@ -10,6 +10,9 @@ figure chosen per platform and named:
 - NVIDIA GPUs: per-process memory through NVML (nvidia-ml-py, optional).
 
 Sampling reads the kernel, so the supervisor does it every few seconds and `status` reads the cache.
+PSS is the dear part: the kernel walks every resident page for smaps_rollup (~0.4 ms for a small
+Python server, far more for a loaded model), so a tree's PSS is read again only when its members or
+its RSS moved since the last read, or when the caller asks (llmctl.control.sampler decides when).
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import ctypes
 import ctypes.util
 import re
 import sys
+import time
 from dataclasses import dataclass, field
 from functools import cache
 from typing import Any
@@ -35,6 +39,9 @@ _FOOTPRINT_OFFSET = 72
 _UNITS = {"": 1, "b": 1, "k": 1e3, "kb": 1e3, "m": 1e6, "mb": 1e6, "g": 1e9, "gb": 1e9, "t": 1e12, "tb": 1e12,
           "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}  # fmt: skip
 _SIZE = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*$")
+# A tree's last PSS stands while its RSS stays within this of the RSS it had when PSS was read.
+PSS_RSS_DRIFT = 1 << 20
+PSS_RSS_DRIFT_RATIO = 0.01
 
 
 @dataclass
@@ -48,6 +55,8 @@ class TreeMemory:
     gpu: int | None = None
     cpu_percent: float = 0.0
     pids: list[int] = field(default_factory=list)
+    pss_rss: int = 0  # the tree's RSS when its PSS was read (the PSS may be carried over from a sample before)
+    pss_at: float = 0.0  # when its PSS was read (time.monotonic())
 
     @property
     def kind(self) -> str:
@@ -215,15 +224,17 @@ def sample_tree(
     cache: dict[int, psutil.Process],
     gpu_by_pid: dict[int, int] | None = None,
     children: dict[int, list[int]] | None = None,
+    previous: TreeMemory | None = None,
 ) -> TreeMemory | None:
     """Memory and CPU of a process tree. CPU % needs two readings of one psutil.Process, so those
-    are kept in `cache` between calls (the caller prunes it with forget_exited)."""
+    are kept in `cache` between calls (the caller prunes it with forget_exited).
+
+    `previous`, a sample of the same tree, lends its PSS and USS when the tree has the same members
+    and about the same RSS (PSS_RSS_DRIFT): then no smaps_rollup is read. None reads them all."""
     members = tree(handle) if children is None else tree_from_map(handle, children)
     if not members:
         return None
     sample = TreeMemory(gpu=0 if gpu_by_pid is not None else None)
-    pss_total, uss_total, footprint_total = 0, 0, 0
-    have_pss, have_footprint = IS_LINUX, IS_MACOS
     for member in members:
         known = cache.get(member.pid)
         if known is None or known.create_time() != member.create_time():
@@ -234,27 +245,37 @@ def sample_tree(
         except psutil.Error:
             continue
         sample.pids.append(member.pid)
-        if have_pss:
-            rollup = smaps_rollup(member.pid)
-            if rollup is None or "Pss" not in rollup:
-                have_pss = False
-            else:
-                pss_total += rollup["Pss"]
-                uss_total += rollup.get("Private_Clean", 0) + rollup.get("Private_Dirty", 0)
-        if have_footprint:
-            footprint = macos_footprint(member.pid)
-            if footprint is None:
-                have_footprint = False
-            else:
-                footprint_total += footprint
         if gpu_by_pid is not None and sample.gpu is not None:
             sample.gpu += gpu_by_pid.get(member.pid, 0)
-    if have_pss:
-        sample.pss, sample.uss = pss_total, uss_total
-    if have_footprint:
-        sample.footprint = footprint_total
+    if IS_LINUX and previous is not None and _pss_still_holds(previous, sample):
+        sample.pss, sample.uss = previous.pss, previous.uss
+        sample.pss_rss, sample.pss_at = previous.pss_rss, previous.pss_at
+    elif IS_LINUX:
+        _read_pss(sample)
+    if IS_MACOS:
+        footprints = [macos_footprint(pid) for pid in sample.pids]
+        if all(footprint is not None for footprint in footprints):
+            sample.footprint = sum(footprints)  # type: ignore[arg-type]
     sample.cpu_percent = round(sample.cpu_percent, 1)
     return sample
+
+
+def _pss_still_holds(previous: TreeMemory, sample: TreeMemory) -> bool:
+    if previous.pss is None or previous.pids != sample.pids:
+        return False
+    return abs(sample.rss - previous.pss_rss) <= max(PSS_RSS_DRIFT, previous.pss_rss * PSS_RSS_DRIFT_RATIO)
+
+
+def _read_pss(sample: TreeMemory) -> None:
+    """PSS and USS of the sample's members from smaps_rollup; left None if any member has none."""
+    pss_total, uss_total = 0, 0
+    for pid in sample.pids:
+        rollup = smaps_rollup(pid)
+        if rollup is None or "Pss" not in rollup:
+            return
+        pss_total += rollup["Pss"]
+        uss_total += rollup.get("Private_Clean", 0) + rollup.get("Private_Dirty", 0)
+    sample.pss, sample.uss, sample.pss_rss, sample.pss_at = pss_total, uss_total, sample.rss, time.monotonic()
 
 
 def system_memory() -> dict[str, int | None]:
