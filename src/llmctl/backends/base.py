@@ -71,6 +71,10 @@ class Backend(ABC):
         """The `model` the gateway puts in a request for this instance (None: leave it out)."""
         return spec.name  # llmctl passes `--alias NAME` where the server has one
 
+    def parallel_slots(self, spec: InstanceSpec) -> int:
+        """How many requests the server works on at once (the gateway sizes its pool from this)."""
+        return 1
+
     def version_command(self, program: list[str]) -> list[str]:
         """A command that prints the server's version (`llmctl doctor` shows it)."""
         return [*program, "--version"]

@@ -34,6 +34,13 @@ class LlamaCppBackend(Backend):
     load_failure_markers = ("error loading model", "failed to load model")
     probe_log_markers = ("GET /health 127.0.0.1 200",)  # with --verbose / -lv 4 and up
 
+
+    def parallel_slots(self, spec: InstanceSpec) -> int:
+        """`-np/--parallel` (LLAMA_ARG_N_PARALLEL); llama-server's default -1 means auto, which gives 4
+        slots (tools/server/README.md, `--parallel`)."""
+        value = option_value(list(spec.args), ("-np", "--parallel")) or spec.env.get("LLAMA_ARG_N_PARALLEL")
+        slots = _int_or_none(value)
+        return slots if slots is not None and slots > 0 else 4
     def check_spec(self, spec: InstanceSpec) -> tuple[str, str] | None:
         path = resolve_model_path(spec, spec.model or "")
         if not path.is_file():

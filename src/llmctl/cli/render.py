@@ -11,7 +11,6 @@ import os
 import sys
 from pathlib import Path
 
-from llmctl.logs.progress import phase_text
 from llmctl.memory import budget
 
 TYPE_CHECKING = False  # not `from typing`: importing typing costs `llmctl status` 4 ms
@@ -44,6 +43,16 @@ STATE_STYLES = {
     "stopping": "yellow",
 }
 OUTCOME_MARKS = {"ok": ("✔", "green"), "failed": ("✘", "red"), "pending": ("…", "yellow")}
+
+
+def phase_text(progress: dict[str, Any] | None) -> str:
+    """A start's phase as people read it. llmctl.logs.progress (and dataclasses, which it needs) is
+    imported only when a start is shown: `status --json` in a script loop would pay ~8 ms for it."""
+    if not progress:
+        return ""
+    from llmctl.logs.progress import phase_text as words
+
+    return words(progress)
 
 
 def format_bytes(value: int | None) -> str:

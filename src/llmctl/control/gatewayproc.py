@@ -37,7 +37,7 @@ if TYPE_CHECKING:
     from llmctl.control.demand import Demand
     from llmctl.control.runner import Runner
     from llmctl.paths import StatePaths
-    from llmctl.spec import GatewaySpec
+    from llmctl.spec import GatewaySpec, InstanceSpec
 
 log = logging.getLogger("llmctl.control.gateway")
 LISTEN_TIMEOUT = 20.0  # from spawn to listening: Python and aiohttp start in well under a second
@@ -68,6 +68,13 @@ def _is_loopback_address(host: str) -> bool:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return False
+
+
+def _parallel(spec: InstanceSpec) -> int:
+    try:
+        return max(1, backend_for(spec.backend).parallel_slots(spec))
+    except (KeyError, ValueError):
+        return 1
 
 
 @dataclass
@@ -261,6 +268,7 @@ class GatewayProcess:
             aliases=tuple(spec.aliases),
             upstream_model=upstream_model,
             on_demand=spec.on_demand,
+            parallel=_parallel(spec),
             upstream_api_key=key,
             usage=runner.usage.to_dict(time.monotonic()),
         )

@@ -117,6 +117,7 @@ class Gate:
         self._sweeper: asyncio.Task[None] | None = None
 
     def factory(self, inner_factory: Callable[[], Any]) -> Callable[[], Guard]:
+        """Wrap each of aiohttp's protocols that `inner_factory` makes."""
         return lambda: Guard(inner_factory(), self)
 
     def admit(self, guard: Guard) -> bool:

@@ -19,7 +19,7 @@ from typing import Any
 
 import aiohttp
 import yarl
-from aiohttp import web
+from aiohttp import web, web_protocol
 
 from llmctl.errors import ConfigError
 from llmctl.gateway import edges
@@ -28,19 +28,94 @@ from llmctl.gateway.guard import Gate, Limits
 from llmctl.gateway.headers import request_headers, response_headers
 from llmctl.gateway.link import NotAdmitted, SupervisorLink
 from llmctl.gateway.metrics import InstanceMetrics, prometheus
-from llmctl.gateway.problems import Refused, error_body, error_response, log_refusal
+from llmctl.gateway.problems import Refused, error_body, error_response, log_refusal, sanitize
 from llmctl.planes import Route
 from llmctl.spec import GatewaySpec
 from llmctl.system.secrets import read_secret
 
 log = logging.getLogger("llmctl.gateway")
-BODY_TIMEOUT = 120.0  # a client has this long to send its whole body once its headers are in
+BODY_TIMEOUT = 60.0  # a client has this long to send its whole body once its headers are in
 UPSTREAM_KEEPALIVE = 4.0  # llama-server closes idle connections: reuse one only while it is fresh
 PREFLIGHT_MAX_AGE = 600
 
 
+async def _on_reuse(session: object, context: Any, params: object) -> None:
+    """Note that a request went out on a kept-alive connection: only such a request may be sent again
+    when the connection fails (the server had closed it); one on a new connection reached the server."""
+    if isinstance(context.trace_request_ctx, dict):
+        context.trace_request_ctx["reused"] = True
+
+
+_REUSE_TRACE = aiohttp.TraceConfig()
+_REUSE_TRACE.on_connection_reuseconn.append(_on_reuse)
+
+
 class _Unreachable(Exception):
     """No connection to the upstream could be made or kept before any byte reached the client."""
+
+
+async def _own_server_header(request: web.Request, response: web.StreamResponse) -> None:
+    response.headers["Server"] = "llmctl"  # not the library and its version
+
+
+class _OwnErrors(web_protocol.RequestHandler):
+    """aiohttp's protocol, with its own error answers (a request it cannot parse, a handler that
+    failed) in OpenAI's shape and one log line, never the request's bytes echoed back. A 500 is a bug:
+    logged with its traceback."""
+
+    def handle_error(
+        self,
+        request: web.BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        if request.writer.output_size > 0:
+            raise ConnectionError("the answer had started: the connection is closed instead")
+        if status >= 500:
+            log.error("internal error on %s", sanitize(request.raw_path), exc_info=exc)
+            refused = Refused(status, "internal error in the gateway; see gateway.log", "internal_error")
+        else:
+            what = type(exc).__name__ if exc is not None else "malformed request"
+            refused = Refused(status, f"the request is not valid HTTP/1.1 ({what})", "bad_http")
+            log_refusal(log, request.method, request.raw_path, None, status, f"bad_http: {what}", 0.0)
+        response = error_response(refused)
+        response.headers["Server"] = "llmctl"
+        response.force_close()
+        return response
+
+
+def _protocol_factory(server: web.Server) -> Any:
+    """What makes one connection's protocol: aiohttp's, answering errors our way. aiohttp has no
+    parameter for the protocol class; its Server keeps the handler's arguments in `_kwargs` (3.9 to
+    3.14). Without them, aiohttp's own protocol (tests/test_edges_live.py notices)."""
+    kwargs = getattr(server, "_kwargs", None)
+    loop = getattr(server, "_loop", None)
+    if not isinstance(kwargs, dict) or loop is None:
+        return server
+    return lambda: _OwnErrors(server, loop=loop, **kwargs)
+
+
+def add_cors(response: web.StreamResponse, headers: dict[str, str]) -> None:
+    """The gateway's CORS headers on an answer; `Vary` is added to, never replaced."""
+    for name, value in headers.items():
+        if name.lower() == "vary":
+            present = [v.strip().lower() for v in ",".join(response.headers.getall("Vary", [])).split(",")]
+            if value.lower() not in present:
+                response.headers.add("Vary", value)
+        else:
+            response.headers[name] = value
+
+
+def _cut_short(upstream: aiohttp.ClientResponse, tail: bytes) -> bool:
+    """An event stream whose end is the connection closing (HTTP/1.0 or no length, as mlx_lm.server
+    sends it) carries no framing that tells a clean end from a dead server: OpenAI's streams end with
+    `data: [DONE]`, so one that closed without it was cut."""
+    framed = upstream.headers.get("Transfer-Encoding", "").lower().endswith("chunked") or (
+        upstream.headers.get("Content-Length") is not None
+    )
+    is_stream = upstream.headers.get("Content-Type", "").startswith("text/event-stream")
+    return is_stream and not framed and b"[DONE]" not in tail
 
 
 def spec_from(data: dict[str, Any]) -> GatewaySpec:
@@ -67,7 +142,9 @@ class Upstreams:
         if current is not None:
             self._closing.add(asyncio.ensure_future(current[1].close()))
         connector = aiohttp.TCPConnector(limit=size, keepalive_timeout=UPSTREAM_KEEPALIVE, enable_cleanup_closed=True)
-        session = aiohttp.ClientSession(connector=connector, auto_decompress=False, trust_env=False)
+        session = aiohttp.ClientSession(
+            connector=connector, auto_decompress=False, trust_env=False, trace_configs=[_REUSE_TRACE]
+        )
         self._sessions[route.name] = (size, session)
         return session
 
@@ -96,6 +173,7 @@ class Gateway:
 
     async def setup(self) -> None:
         app = web.Application(middlewares=[self._edges])
+        app.on_response_prepare.append(_own_server_header)
         app.router.add_get("/health", self._health)
         app.router.add_get("/v1/models", self._models)
         app.router.add_get("/v1/models/{model_id:.+}", self._model)
@@ -132,7 +210,11 @@ class Gateway:
         assert self._runner is not None and self._runner.server is not None
         loop = asyncio.get_running_loop()
         server = await loop.create_server(
-            self.gate.factory(self._runner.server), spec.host, spec.port, reuse_address=True, backlog=1024
+            self.gate.factory(_protocol_factory(self._runner.server)),
+            spec.host,
+            spec.port,
+            reuse_address=True,
+            backlog=1024,
         )
         old, self._server, self._address = self._server, server, (spec.host, spec.port)
         if old is not None:
@@ -170,7 +252,7 @@ class Gateway:
             response = error_response(refused)
             if refused.status in (408, 413):
                 response.force_close()  # do not read the rest of a body that was refused
-            reason = f"{refused.code}: {refused}"
+            reason = f"{refused.code}: {refused}" + (f" ({request['cause']})" if request.get("cause") else "")
             duration = time.monotonic() - started
             log_refusal(log, request.method, request.raw_path, request.get("model"), refused.status, reason, duration)
         finally:
@@ -179,9 +261,9 @@ class Gateway:
         origin = request.headers.get("Origin")
         allowed = origin and self.spec is not None and edges.origin_allowed(origin, self.spec.cors_origins)
         if allowed and not response.prepared:  # a streamed answer got them before its status line went out
-            response.headers.update(edges.cors_headers(origin, preflight=request.method == "OPTIONS"))
+            add_cors(response, edges.cors_headers(origin, preflight=request.method == "OPTIONS"))
         elif origin and not response.prepared:
-            response.headers["Vary"] = "Origin"  # a cache must not serve this refusal to another origin
+            add_cors(response, {"Vary": "Origin"})  # a cache must not serve this refusal to another origin
         return response
 
     async def _expect(self, request: web.Request) -> web.StreamResponse | None:
@@ -219,7 +301,16 @@ class Gateway:
             if origin is None:
                 raise Refused(403, "a preflight request needs an Origin", "forbidden_origin")
             return web.Response(status=204)
-        edges.normalise_path(request.raw_path.partition("?")[0])
+        raw = request.raw_path.partition("?")[0]
+        if request.method in ("GET", "HEAD") and raw.startswith("/v1/models/"):
+            edges.normalise_path(
+                "/v1/models"
+            )  # a model id may hold anything (`org/model` as %2F): it is only looked up
+        else:
+            edges.normalise_path(raw)
+        coding = request.headers.get("Transfer-Encoding", "").lower().replace(" ", "")
+        if coding not in ("", "chunked"):
+            raise Refused(501, f"Transfer-Encoding {coding!r} is not supported (only chunked)", "not_implemented")
         given = edges.api_key_from(request.headers)
         if self.api_key and request.path != "/health" and not edges.key_matches(given, self.api_key):
             raise Refused(401, "a valid API key is required", "invalid_api_key")
@@ -313,7 +404,8 @@ class Gateway:
             try:
                 response, status = await self._forward(request, route, upstream_body, started)
             except _Unreachable:
-                # Stopped under us (ttl, eviction, a crash): the runner knows; ask it, and try once more.
+                # Refused a connection: stopped under us (ttl, eviction, a crash). The request never reached
+                # it, so it may go again: the runner knows what follows; ask it, and try once more.
                 self.link.end(request_id, 503, time.monotonic() - started)
                 request_id = None
                 request_id = await self.link.acquire(name)
@@ -321,7 +413,7 @@ class Gateway:
                 try:
                     response, status = await self._forward(request, route, upstream_body, started)
                 except _Unreachable as exc:
-                    raise self._upstream_failed(route, exc.__cause__ or exc) from None
+                    raise self._upstream_failed(route, exc.__cause__ or exc, request) from None
             return response
         except Refused as refused:
             status = refused.status
@@ -330,9 +422,12 @@ class Gateway:
             status = refusal.admission.status
             admission = refusal.admission
             raise Refused(admission.status, admission.message, admission.code, admission.retry_after) from None
-        except asyncio.CancelledError:
+        except (asyncio.CancelledError, ConnectionResetError) as gone:
             status = 499
-            log.info("%s %s: 499 (the client went away)", request.path, name)
+            duration = time.monotonic() - started
+            log_refusal(log, request.method, request.raw_path, request.get("model"), 499, "client_gone", duration)
+            if isinstance(gone, ConnectionResetError):  # it left while sending its body: nobody to answer
+                return web.Response(status=400)
             raise
         finally:
             if request_id is not None:
@@ -370,33 +465,38 @@ class Gateway:
         metric.in_flight += 1
         try:
             for attempt in (1, 2):
+                trace = {"reused": False}
                 try:
-                    upstream = await session.post(url, data=body, headers=headers, timeout=timeout)
-                except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
-                    if attempt == 1:  # a reused connection the server had closed: nothing reached the client yet
-                        continue
+                    upstream = await session.post(
+                        url, data=body, headers=headers, timeout=timeout, trace_request_ctx=trace
+                    )
+                except aiohttp.ClientConnectorError as exc:  # nothing was sent: it may go again
                     raise _Unreachable(str(exc)) from exc
+                except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
+                    if attempt == 1 and trace["reused"]:
+                        continue  # a kept-alive connection the server had closed: sent once more, on a new one
+                    raise self._upstream_failed(route, exc, request) from None
                 except aiohttp.ConnectionTimeoutError:
                     raise Refused(
                         503, f"{route.name}: every connection to it is busy (pool_wait)", "upstream_busy", 5
                     ) from None
                 except (aiohttp.SocketTimeoutError, asyncio.TimeoutError):
-                    log.warning("%s: no answer within read_timeout (%gs)", route.name, spec.read_timeout)
+                    request["cause"] = f"silent for read_timeout ({spec.read_timeout:g}s)"
                     raise Refused(
                         504,
                         f"{route.name} did not answer within {spec.read_timeout:g}s (read_timeout)",
                         "upstream_timeout",
                     ) from None
                 except aiohttp.ClientError as exc:
-                    raise self._upstream_failed(route, exc) from None
+                    raise self._upstream_failed(route, exc, request) from None
                 break
             async with upstream:
                 return await self._relay(request, route, upstream, started)
         finally:
             metric.in_flight -= 1
 
-    def _upstream_failed(self, route: Route, exc: Exception) -> Refused:
-        log.warning("%s: the upstream failed before answering: %s", route.name, exc)
+    def _upstream_failed(self, route: Route, exc: BaseException, request: web.Request) -> Refused:
+        request["cause"] = f"{type(exc).__name__}: {exc}"  # for the log line; the client gets no internals
         return Refused(502, f"{route.name} did not answer; see `llmctl logs {route.name}`", "upstream_error")
 
     async def _relay(
@@ -408,15 +508,19 @@ class Gateway:
             response.headers.add(name, value)
         origin = request.headers.get("Origin")
         if origin and self.spec is not None and edges.origin_allowed(origin, self.spec.cors_origins):
-            response.headers.update(edges.cors_headers(origin, preflight=False))
+            add_cors(response, edges.cors_headers(origin, preflight=False))
         await response.prepare(request)
         first = True
+        tail = b""
         try:
             async for chunk in upstream.content.iter_any():
                 if first:
                     self.metric(route.name).first_byte.observe(time.monotonic() - started)
                     first = False
+                tail = (tail + chunk)[-64:]
                 await response.write(chunk)
+            if _cut_short(upstream, tail):
+                raise aiohttp.ClientPayloadError("the connection closed before the stream's end ([DONE])")
         except (ConnectionResetError, aiohttp.ClientConnectionResetError):
             return response, 499  # the client went away; leaving the block closes the upstream: it frees its slot
         except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
