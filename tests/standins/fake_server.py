@@ -48,6 +48,9 @@ def main() -> int:
     parser.add_argument("--count-term", action="store_true")
     parser.add_argument("--say-hex", default="")
     parser.add_argument("--log-probes", action="store_true", help="print the monotonic time of each GET")
+    parser.add_argument(
+        "--zombie-leader", type=float, default=0.0, help="on SIGTERM the main thread exits, another lives N s more"
+    )
     args = parser.parse_args()
 
     print(f"fake server pid {os.getpid()} starting", flush=True)
@@ -61,6 +64,8 @@ def main() -> int:
         sys.stdout.flush()
     if args.count_term:
         signal.signal(signal.SIGTERM, _count_term)
+    if args.zombie_leader:
+        signal.signal(signal.SIGTERM, lambda *_: _leave_a_zombie_leader(args.zombie_leader))
     for _ in range(args.children):
         subprocess.Popen([sys.executable, "-c", "import time; time.sleep(1000)"])
     if args.escaping_child:
@@ -135,6 +140,21 @@ def main() -> int:
     print(f"fake server listening on {args.port}", flush=True)
     server.serve_forever()
     return 0
+
+
+def _leave_a_zombie_leader(seconds: float) -> None:
+    """The main thread ends (pthread_exit) while another thread holds on: the process is a zombie
+    leader with a live thread, as a server whose worker threads outlive main() is."""
+    import ctypes
+
+    def linger() -> None:
+        time.sleep(seconds)
+        print(f"last thread done at {time.time():.6f}", flush=True)
+        os._exit(0)
+
+    threading.Thread(target=linger).start()
+    print("main thread exits", flush=True)
+    ctypes.CDLL(None).pthread_exit(None)
 
 
 def _count_term(*_: object) -> None:

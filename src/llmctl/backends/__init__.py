@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 from llmctl.backends.base import Backend, NotReady
 from llmctl.errors import StartError
+from llmctl.memory.pools import Device, Estimate
 
 if TYPE_CHECKING:
     from llmctl.spec import InstanceSpec
@@ -58,4 +59,20 @@ def safe_estimate(spec: InstanceSpec) -> int | None:
         return None
 
 
-__all__ = ["Backend", "NotReady", "backend_for", "backend_names", "command_line", "safe_estimate"]
+def safe_pool_estimate(spec: InstanceSpec, devices: list[Device]) -> Estimate | None:
+    """The backend's estimate by memory pool on these GPUs, or None (never an exception, as above)."""
+    try:
+        return backend_for(spec.backend).estimate(spec, devices)
+    except Exception:
+        return None
+
+
+__all__ = [
+    "Backend",
+    "NotReady",
+    "backend_for",
+    "backend_names",
+    "command_line",
+    "safe_estimate",
+    "safe_pool_estimate",
+]

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
 from llmctl.errors import BinaryNotFound
+from llmctl.memory.pools import Device, Estimate, host_only
 
 if TYPE_CHECKING:
     from llmctl.spec import InstanceSpec
@@ -96,6 +97,13 @@ class Backend(ABC):
     def estimate_memory(self, spec: InstanceSpec) -> int | None:
         """Bytes this instance will take once loaded, or None when it cannot be known before it runs."""
         return None
+
+    def estimate(self, spec: InstanceSpec, devices: list[Device]) -> Estimate | None:
+        """Bytes by memory pool (llmctl.memory.pools) once loaded on these GPUs ([]: none), with the
+        parts they add up from; None when it cannot be known before it runs. By default all of
+        `estimate_memory` on the host: a backend that offloads to GPUs says how."""
+        total = self.estimate_memory(spec)
+        return host_only(total) if total is not None else None
 
     async def reported_memory(self, spec: InstanceSpec, http: HttpClient) -> int | None:
         """What the running server itself says its model takes, where it says so."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -10,6 +11,7 @@ from llmctl.backends.base import Backend, option_value, poll_until_ok, resolve_m
 from llmctl.errors import BinaryNotFound
 from llmctl.logs.progress import huggingface_repo_folder
 from llmctl.memory.gguf import GgufError, read_gguf
+from llmctl.memory.pools import HOST_POOL, Device, Estimate, Part, gpu_pool
 
 if TYPE_CHECKING:
     from llmctl.spec import InstanceSpec
@@ -34,13 +36,13 @@ class LlamaCppBackend(Backend):
     load_failure_markers = ("error loading model", "failed to load model")
     probe_log_markers = ("GET /health 127.0.0.1 200",)  # with --verbose / -lv 4 and up
 
-
     def parallel_slots(self, spec: InstanceSpec) -> int:
         """`-np/--parallel` (LLAMA_ARG_N_PARALLEL); llama-server's default -1 means auto, which gives 4
         slots (tools/server/README.md, `--parallel`)."""
         value = option_value(list(spec.args), ("-np", "--parallel")) or spec.env.get("LLAMA_ARG_N_PARALLEL")
         slots = _int_or_none(value)
         return slots if slots is not None and slots > 0 else 4
+
     def check_spec(self, spec: InstanceSpec) -> tuple[str, str] | None:
         path = resolve_model_path(spec, spec.model or "")
         if not path.is_file():
@@ -85,31 +87,142 @@ class LlamaCppBackend(Backend):
         return spec.health_url("/health")
 
     def estimate_memory(self, spec: InstanceSpec) -> int | None:
-        """Tensor data + KV cache for the context size + compute buffers + the process itself."""
+        """All of it, as if on the CPU (what `up`'s budget check adds): weights, KV cache, buffers, process."""
+        estimate = self.estimate(spec, [])
+        return estimate.total if estimate is not None else None
+
+    def estimate(self, spec: InstanceSpec, devices: list[Device]) -> Estimate | None:
+        """By pool: the layers `-ngl` offloads (auto: all) and their share of the KV cache on the GPUs
+        `--device`, `-sm none -mg N` or CUDA_VISIBLE_DEVICES choose (split evenly under `-sm layer`),
+        with a CUDA context and the compute buffers on each; the rest on the host. The draft model
+        (`-md`) and the multimodal projector (`--mmproj`) are counted too. None when the GGUF cannot
+        be read."""
         try:
-            info = read_gguf(resolve_model_path(spec, spec.model or ""))
-        except (OSError, GgufError):
+            shape = _Shape.of(resolve_model_path(spec, spec.model or ""), spec)
+        except (OSError, GgufError, ValueError):
             return None
+        placement = gpu_placement(spec, devices)
+        offloaded = (
+            _offloaded_fraction(
+                option_value(spec.args, ("-ngl", "--gpu-layers", "--n-gpu-layers"))
+                or spec.env.get("LLAMA_ARG_N_GPU_LAYERS"),
+                shape.layers,
+            )
+            if placement
+            else 0.0
+        )
+        kv_on_gpu = offloaded and not _flag(spec, ("-nkvo", "--no-kv-offload"))
+        parts = [Part(HOST_POOL, "process (binary, libraries, heap)", PROCESS_BASE_BYTES)]
+        parts += _spread("weights", shape.weights, offloaded, placement)
+        parts += _spread("KV cache", shape.kv_cache, offloaded if kv_on_gpu else 0.0, placement)
+        parts += _spread("compute buffers", shape.compute, 1.0 if offloaded else 0.0, placement)
+        parts += [Part(pool, "CUDA context", CUDA_CONTEXT_BYTES) for pool in placement] if offloaded else []
+        parts += self._extras(spec, placement, offloaded)
+        return Estimate(tuple(part for part in parts if part.bytes > 0))
+
+    def _extras(self, spec: InstanceSpec, placement: dict[str, float], offloaded: float) -> list[Part]:
+        extras: list[Part] = []
+        draft = option_value(spec.args, ("-md", "--model-draft", "--spec-draft-model"))
+        if draft:
+            draft_spec = replace(spec, model=draft, args=tuple(a for a in spec.args if a not in ("-md",)))
+            shape = _Shape.of(resolve_model_path(spec, draft), draft_spec)
+            layers = option_value(spec.args, ("-ngld", "--gpu-layers-draft", "--n-gpu-layers-draft"))
+            share = _offloaded_fraction(layers, shape.layers) if placement else 0.0
+            extras += _spread("draft model weights", shape.weights, share, placement)
+            extras += _spread("draft model KV cache", shape.kv_cache, share, placement)
+        projector = option_value(spec.args, ("-mm", "--mmproj"))
+        if projector:
+            size = resolve_model_path(spec, projector).stat().st_size
+            on_gpu = 0.0 if _flag(spec, ("--no-mmproj-offload",)) or not offloaded else 1.0
+            extras += _spread("multimodal projector", size, on_gpu, placement)
+        return extras
+
+    async def wait_ready(self, spec: InstanceSpec, http: HttpClient) -> None:
+        await poll_until_ok(http, self.liveness_url(spec), spec.health.timeout)
+
+
+# What one process's CUDA context, cuBLAS handles and driver buffers take on an NVIDIA GPU before any
+# tensor: measured per llama-server process on an H200 (bench/gpu_check.py; bench/RESULTS.md, GPU section).
+CUDA_CONTEXT_BYTES = 650 * 1024 * 1024
+
+
+class _Shape:
+    """What a GGUF and the flags that size its buffers say: bytes of weights, KV cache, compute buffers."""
+
+    def __init__(self, layers: int, weights: int, kv_cache: int, compute: int) -> None:
+        self.layers, self.weights, self.kv_cache, self.compute = layers, weights, kv_cache, compute
+
+    @classmethod
+    def of(cls, path: Path, spec: InstanceSpec) -> _Shape:
+        info = read_gguf(path)
         n_layer = int(info.arch_value("block_count", 0))
         n_embd = int(info.arch_value("embedding_length", 0))
         n_head = _per_layer_max(info.arch_value("attention.head_count", 1)) or 1
         n_head_kv = _per_layer_max(info.arch_value("attention.head_count_kv", n_head)) or n_head
         head_k = int(info.arch_value("attention.key_length", n_embd // n_head))
         head_v = int(info.arch_value("attention.value_length", n_embd // n_head))
+        # -c is the whole cache, shared by the parallel slots (-np); 0 or unset: the model's trained context.
         context = _int_or_none(option_value(spec.args, ("-c", "--ctx-size")) or spec.env.get("LLAMA_ARG_CTX_SIZE"))
-        if not context:  # 0 or unset: the model's trained context
+        if not context:
             context = int(info.arch_value("context_length", 4096))
         k_bytes = CACHE_TYPE_BYTES.get(option_value(spec.args, ("-ctk", "--cache-type-k")) or "f16", 2.0)
         v_bytes = CACHE_TYPE_BYTES.get(option_value(spec.args, ("-ctv", "--cache-type-v")) or "f16", 2.0)
-        kv_cache = n_layer * context * n_head_kv * (head_k * k_bytes + head_v * v_bytes)
+        kv_cache = int(n_layer * context * n_head_kv * (head_k * k_bytes + head_v * v_bytes))
         vocab = info.metadata.get("tokenizer.ggml.tokens") or info.arch_value("vocab_size", 0)
         vocab = len(vocab) if isinstance(vocab, list) else int(vocab)
         ubatch = _int_or_none(option_value(spec.args, ("-ub", "--ubatch-size"))) or DEFAULT_UBATCH
         compute = 4 * ubatch * (vocab + 4 * n_embd)  # logits and activations of one micro-batch, f32
-        return int(info.tensor_bytes + kv_cache + compute + PROCESS_BASE_BYTES)
+        return cls(max(1, n_layer), info.tensor_bytes, kv_cache, compute)
 
-    async def wait_ready(self, spec: InstanceSpec, http: HttpClient) -> None:
-        await poll_until_ok(http, self.liveness_url(spec), spec.health.timeout)
+
+def _flag(spec: InstanceSpec, names: tuple[str, ...]) -> bool:
+    return any(arg in names for arg in spec.args)
+
+
+def _offloaded_fraction(value: str | None, layers: int) -> float:
+    """`-ngl`: auto (the default), all, or a count of layers (more than the model has: all)."""
+    if value is None or value.strip().lower() in ("auto", "all", "-1"):
+        return 1.0
+    count = _int_or_none(value.strip())
+    if count is None:
+        return 1.0
+    return max(0.0, min(1.0, count / layers))
+
+
+def gpu_placement(spec: InstanceSpec, devices: list[Device]) -> dict[str, float]:
+    """{GPU pool: share of what is offloaded} for this instance on these devices ({} on the CPU)."""
+    if not devices:
+        return {}
+    chosen = _visible(spec, [device.index for device in devices])
+    named = option_value(spec.args, ("-dev", "--device")) or spec.env.get("LLAMA_ARG_DEVICE")
+    if named:
+        if named.strip().lower() == "none":
+            return {}
+        picked = [_int_or_none(item.strip().upper().removeprefix("CUDA")) for item in named.split(",")]
+        chosen = [chosen[i] for i in picked if i is not None and 0 <= i < len(chosen)] or chosen
+    split = option_value(spec.args, ("-sm", "--split-mode")) or spec.env.get("LLAMA_ARG_SPLIT_MODE") or "layer"
+    if split.lower() == "none" or len(chosen) == 1:
+        main = _int_or_none(option_value(spec.args, ("-mg", "--main-gpu")) or spec.env.get("LLAMA_ARG_MAIN_GPU")) or 0
+        return {gpu_pool(chosen[main if 0 <= main < len(chosen) else 0]): 1.0}
+    return {gpu_pool(index): 1.0 / len(chosen) for index in chosen}
+
+
+def _visible(spec: InstanceSpec, indices: list[int]) -> list[int]:
+    """The devices CUDA_VISIBLE_DEVICES leaves this process (by index; UUIDs keep them all)."""
+    visible = spec.env.get("CUDA_VISIBLE_DEVICES")
+    if visible is None:
+        return indices
+    picked = [_int_or_none(item.strip()) for item in visible.split(",") if item.strip()]
+    if any(item is None for item in picked):
+        return indices
+    return [item for item in picked if item in indices]  # type: ignore[misc]
+
+
+def _spread(what: str, size: int, offloaded: float, placement: dict[str, float]) -> list[Part]:
+    """`size` bytes, the offloaded share over the GPU pools, the rest on the host."""
+    parts = [Part(HOST_POOL, what, int(size * (1.0 - offloaded)))] if offloaded < 1.0 or not placement else []
+    parts += [Part(pool, what, int(size * offloaded * share)) for pool, share in placement.items()] if offloaded else []
+    return parts
 
 
 def _int_or_none(value: str | None) -> int | None:

@@ -415,6 +415,23 @@ def completion(
     sys.stdout.write(generate(shell, typer.main.get_command(app)))
 
 
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def estimate(
+    ctx: typer.Context,
+    model: Annotated[str, typer.Argument(help="A GGUF file (llama.cpp) or an MLX model folder.", show_default=False)],
+    backend: Annotated[
+        str | None, typer.Option("--backend", help="llama.cpp or mlx (default: from the model).", show_default=False)
+    ] = None,
+    json_output: JsonOption = False,
+) -> None:
+    """Print what a model would take, by memory pool and part: `llmctl estimate MODEL -- -c 8192 -ngl 20`."""
+    answer = service.estimate(model, list(ctx.args), backend)
+    if json_output:
+        render.write_json({"version": 1, **answer})
+        return
+    render.write_estimate(answer)
+
+
 @app.command("_names", hidden=True)
 def _names(file: FileOption = None) -> None:
     """Instance names of the config in use, one a line (for shell completion)."""

@@ -362,3 +362,15 @@ def line_writer(stream: TextIO, raw: bool) -> Callable[[str], None]:
             stream.write(line + "\n")
 
     return write
+
+
+def write_estimate(answer: dict[str, Any], out: TextIO = sys.stdout) -> None:
+    """`llmctl estimate`: each part by pool, then each pool's total."""
+    devices = answer.get("devices") or []
+    where = ", ".join(f"gpu:{d['index']} {d['name']} ({format_bytes(d['total_bytes'])})" for d in devices)
+    out.write(f"{answer['model']} ({answer['backend']}) on {where or 'the host only (no NVIDIA GPU)'}\n")
+    width = max((len(part["what"]) for part in answer["parts"]), default=10)
+    for part in answer["parts"]:
+        out.write(f"  {part['pool']:<8} {part['what']:<{width}}  {format_bytes(part['bytes']):>10}\n")
+    for pool, size in answer["pools"].items():
+        out.write(f"{pool:<10} {'total':<{width}}  {format_bytes(size):>10}\n")

@@ -6,12 +6,16 @@ waits for its exit, and stops it and everything in its group.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import subprocess
 import time
 from dataclasses import dataclass
 
+from llmctl.memory.pools import NVML
 from llmctl.system import process
+
+GPU_FREE_WAIT = 10.0  # seconds a stop waits for NVML to stop listing the server
 
 
 @dataclass
@@ -42,9 +46,12 @@ class ServerProcess:
         return await process.wait_for_exit(self.popen, self.handle)
 
     async def stop(self, timeout: float) -> bool:
-        """SIGTERM once, SIGKILL after `timeout`; True when the whole tree is gone."""
+        """SIGTERM once, SIGKILL after `timeout`; True when the whole tree is gone: reaped (no zombie
+        with live threads) and, on NVIDIA, no longer listed by NVML (its GPU memory freed; bounded)."""
+        pids = {member.pid for member in process.tree(self.handle)} | {self.pid}
         done = await process.stop_tree(self.handle, self.pgid, timeout, reap=self.popen.poll if self.popen else None)
         self.reap_group()
+        await _until_gpu_freed(pids)
         return done
 
     def reap_group(self) -> None:
@@ -53,3 +60,14 @@ class ServerProcess:
         if self.popen is not None:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 self.popen.wait(timeout=0)
+
+
+async def _until_gpu_freed(pids: set[int], timeout: float = GPU_FREE_WAIT) -> bool:
+    """Wait until no GPU lists these processes (the driver frees a dead process's memory a moment
+    after it exits); True at once where NVML is not available."""
+    deadline = time.monotonic() + timeout
+    while NVML.lists(pids):
+        if time.monotonic() >= deadline:
+            return False
+        await asyncio.sleep(0.05)
+    return True

@@ -230,3 +230,35 @@ def start_warnings(config: Config) -> list[str]:
         except StartError as exc:
             found.append(f"{spec.name}: {exc}")
     return found + exposure_warnings(list(config.instances))
+
+
+def estimate(model: str, args: list[str], backend: str | None = None) -> dict[str, Any]:
+    """What `model` (a GGUF file or an MLX folder) with these server `args` would take, by memory pool
+    and part, on this machine's GPUs (NVML; none: all on the host).
+
+    {"model", "backend", "devices": [{"index", "name", "total_bytes"}], "pools": {pool: bytes},
+     "total_bytes", "parts": [{"pool", "what", "bytes"}]}. Raises ConfigError for a model that is
+    missing or of no known kind, or args the config would refuse."""
+    import json
+    from pathlib import Path
+
+    from llmctl.backends import backend_for
+    from llmctl.config.load import parse_config
+    from llmctl.memory.pools import Nvml
+
+    path = Path(model).expanduser()
+    if not path.exists():
+        raise ConfigError(f"{model}: no such file or folder")
+    kind = backend or ("mlx" if path.is_dir() else "llama.cpp")
+    entry = {"name": "estimate", "backend": kind, "model": str(path.absolute()), "port": 65000, "args": args}
+    config = parse_config(json.dumps({"instances": [entry]}), Path.cwd() / "estimate.yaml", check_backends=False)
+    devices = Nvml().devices()
+    found = backend_for(kind).estimate(config.instances[0], devices)
+    if found is None:
+        raise ConfigError(f"{model}: cannot read what {kind} would load (not a GGUF file or an MLX model folder?)")
+    return {
+        "model": str(path),
+        "backend": kind,
+        "devices": [{"index": d.index, "name": d.name, "total_bytes": d.total_bytes} for d in devices],
+        **found.to_dict(),
+    }

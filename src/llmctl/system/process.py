@@ -158,11 +158,20 @@ def _alive(processes: list[psutil.Process]) -> list[psutil.Process]:
     alive = []
     for process in processes:
         try:
-            if process.is_running() and process.status() != psutil.STATUS_ZOMBIE:
+            if process.is_running() and (process.status() != psutil.STATUS_ZOMBIE or _threads_left(process.pid)):
                 alive.append(process)
         except psutil.Error:
             continue
     return alive
+
+
+def _threads_left(pid: int) -> bool:
+    """A zombie leader whose other threads still run (they hold its memory, GPU memory included) is
+    not gone: Linux lists them under /proc/PID/task until the last one exits."""
+    try:
+        return len(os.listdir(f"/proc/{pid}/task")) > 1
+    except OSError:
+        return False
 
 
 def _signal_each(processes: list[psutil.Process], sig: int) -> None:
@@ -184,8 +193,9 @@ class _GroupWatch:
         self.last_scan_found = True
 
     def gone(self) -> bool:
-        if self.reap is not None:
-            self.reap()
+        # Our own child is gone once reaped: the kernel reports its exit only when its last thread ended.
+        if self.reap is not None and self.reap() is None:
+            return False
         if _alive(self.members):
             return False
         if not _group_exists(self.pgid):
