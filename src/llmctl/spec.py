@@ -57,6 +57,9 @@ class InstanceSpec:
     kind: str | None = None  # backend `external`: what kind of server it is (its readiness path)
     upstream_api_key_env: str | None = None  # the gateway's key for this upstream: a variable's name
     upstream_api_key_file: str | None = None  # or a 0600 file
+    # backend `mlx`: the config's top-level `mlx_wired_shares` (None: on macOS only; llmctl.memory.wired).
+    # Not an instance key: the loader copies it into every mlx instance, so the adapter sees it.
+    wired_shares: bool | None = None
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> InstanceSpec:
@@ -128,6 +131,7 @@ class Config:
     log_backups: int
     memory_budget: int | None
     gateway: GatewaySpec | None = None
+    mlx_wired_shares: bool | None = None  # MLX servers' GPU wired-limit shares; None: on macOS only
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Config:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -23,6 +24,7 @@ from llmctl.backends.base import (
     poll_delays,
     resolve_model_path,
 )
+from llmctl.errors import StartError
 from llmctl.logs.progress import huggingface_repo_folder
 from llmctl.system.files import read_regular_file
 
@@ -31,6 +33,8 @@ if TYPE_CHECKING:
     from llmctl.system.http import HttpClient
 
 _LOCAL_PREFIXES = ("/", "./", "../", "~")
+# Run by file path under mlx_lm.server's own Python: it applies the instance's wired-limit share.
+LAUNCHER = Path(__file__).with_name("mlx_launch.py")
 # Python, MLX and the tokenizer stack before any weights: about 90 MiB measured on Linux.
 PROCESS_BASE_BYTES = 100 * 1024 * 1024
 # mlx_lm.server has no context flag; size the KV cache for a typical long chat.
@@ -72,20 +76,29 @@ class MlxBackend(Backend):
 
     def version_command(self, program: list[str]) -> list[str]:
         """mlx_lm.server has no --version: ask the Python that runs it (its script's #! line)."""
-        try:
-            with open(program[0], "rb") as script:
-                first = script.readline(512).decode(errors="replace")
-        except OSError:
-            first = ""
-        python = first[2:].strip() if first.startswith("#!") else sys.executable
         code = "import importlib.metadata as m; print('mlx-lm version', m.version('mlx-lm'))"
-        return [*python.split(), "-c", code]
+        return [*(script_python(program[0]) or [sys.executable]), "-c", code]
 
     def command(self, spec: InstanceSpec, program: list[str]) -> list[str]:
+        """`mlx_lm.server ARGS`, or with wired-limit shares on (llmctl.memory.wired.shares_on), the
+        same ARGS through mlx_launch.py under the script's Python, which applies the share given in
+        the instance's environment; StartError when that Python cannot be read from the program."""
+        from llmctl.memory.measure import IS_MACOS
+        from llmctl.memory.wired import shares_on
+
         model = spec.model or ""
         local = resolve_model_path(spec, model)
         target = str(local) if local.exists() else model
-        return [*program, "--model", target, "--host", spec.host, "--port", str(spec.port), *spec.args]
+        args = ["--model", target, "--host", spec.host, "--port", str(spec.port), *spec.args]
+        if not shares_on(spec.wired_shares, IS_MACOS):
+            return [*program, *args]
+        python = script_python(program[0])
+        if python is None:
+            raise StartError(
+                f"{program[0]} is not a Python script, so its wired-limit share cannot be applied: point "
+                "binaries.mlx at the mlx_lm.server script, or set `mlx_wired_shares: false` in the config"
+            )
+        return [*python, str(LAUNCHER), "--", *args]
 
     def estimate_memory(self, spec: InstanceSpec) -> int | None:
         """Weights (the safetensors files) + an fp16 KV cache of ESTIMATE_CONTEXT tokens + the process."""
@@ -159,6 +172,32 @@ class MlxBackend(Backend):
         )
         if response.status_code != 200 or "choices" not in response.text:
             raise NotReady(f"a test completion answered HTTP {response.status_code}: {response.text[:200]}")
+
+
+# pip writes this second line under `#!/bin/sh` when the interpreter's path is too long for a #!
+# line or has spaces: `'''exec' "/path/to/python" "$0" "$@"`.
+_SH_EXEC = "'''exec' "
+
+
+def script_python(script: str) -> list[str] | None:
+    """The interpreter command of a Python console script such as `mlx_lm.server`: its #! line,
+    split (`/usr/bin/env python3` is two words), or the Python of pip's `#!/bin/sh` form; None
+    when the file cannot be read or runs something other than Python."""
+    try:
+        with open(script, "rb") as file:
+            head = file.read(1024).decode(errors="replace").splitlines()
+    except OSError:
+        return None
+    if not head or not head[0].startswith("#!"):
+        return None
+    words = head[0][2:].split()
+    if words == ["/bin/sh"] and len(head) > 1 and head[1].startswith(_SH_EXEC):
+        try:
+            words = shlex.split(head[1])[1:2]  # ['exec', PYTHON, '$0', '$@']
+        except ValueError:
+            return None
+    names = [Path(word).name for word in words[:2]]  # the interpreter, or `env`'s argument
+    return words if any(name.startswith(("python", "pypy")) for name in names) else None
 
 
 BACKEND = MlxBackend()

@@ -55,6 +55,7 @@ def diagnose(config_path: Path, paths: StatePaths, load: Any) -> list[Finding]:
     findings += _ports(config, running)
     findings += [finding for spec in config.instances for finding in _model(spec)]
     findings += _memory(config)
+    findings += _wired_shares(config)
     return findings
 
 
@@ -207,6 +208,30 @@ def _memory(config: Config) -> list[Finding]:
         fix = "raise memory_budget, make some instances on_demand (the gateway starts them), or use smaller models"
         return [Finding("memory", subject, PROBLEM, f"{detail}, over the budget of {format_bytes(budget)}", fix)]
     return [Finding("memory", subject, OK, f"{detail}, within the budget of {format_bytes(budget)}")]
+
+
+def _wired_shares(config: Config) -> list[Finding]:
+    """On a Mac with wired-limit shares on: whether the MLX instances' estimates fit the GPU wired
+    limit together (when they do not, each share is smaller than its need)."""
+    from llmctl.backends import safe_estimate
+    from llmctl.memory import measure
+    from llmctl.memory.wired import shares_on, shares_problem, system_limit
+
+    mlx = [spec for spec in config.instances if spec.backend == "mlx"]
+    if not measure.IS_MACOS or not mlx or not shares_on(config.mlx_wired_shares, measure.IS_MACOS):
+        return []
+    limit = system_limit(measure.macos_wired_limit(), measure.total_memory())
+    # All of them, on_demand ones too: the gateway may have them running at once.
+    needs = {spec.name: safe_estimate(spec) or 0 for spec in mlx}
+    problem = shares_problem(needs, limit)
+    if problem:
+        message, _, fix = problem.partition("; ")
+        return [Finding("memory", "mlx wired shares", WARNING, message, fix or None)]
+    unknown = sorted(name for name, need in needs.items() if not need)
+    detail = f"the MLX instances' estimates fit the GPU wired limit of {format_bytes(limit)}"
+    if unknown:
+        detail += f" (no estimate for {', '.join(unknown)}: each counts as an equal part)"
+    return [Finding("memory", "mlx wired shares", OK, detail)]
 
 
 # -- the state folder and the supervisor ---------------------------------------------------

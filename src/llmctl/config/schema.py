@@ -268,6 +268,8 @@ class ConfigModel(_Strict):
     # What all instances together may take (bytes, "48GiB", "80%"); None: the platform default.
     memory_budget: int | None = None
     binaries: dict[str, str] = {}
+    # Each MLX server gets its share of the GPU wired limit (llmctl.memory.wired); None: on macOS only.
+    mlx_wired_shares: bool | None = None
     path: str = ""
 
     @field_validator("memory_budget", mode="before")
@@ -321,14 +323,21 @@ class ConfigModel(_Strict):
         return Config(
             path=self.path,
             instances=tuple(
-                InstanceSpec.from_dict(instance.model_dump(exclude={"url"})) for instance in self.instances
+                InstanceSpec.from_dict({**instance.model_dump(exclude={"url"}), **self._top_level_for(instance)})
+                for instance in self.instances
             ),
             binaries=dict(self.binaries),
             log_max_bytes=self.logs.max_bytes,
             log_backups=self.logs.backups,
             memory_budget=self.memory_budget,
             gateway=GatewaySpec(**self.gateway.model_dump()) if self.gateway else None,
+            mlx_wired_shares=self.mlx_wired_shares,
         )
+
+    def _top_level_for(self, instance: InstanceModel) -> dict[str, Any]:
+        """The top-level settings an instance's adapter needs, copied into its spec: the adapter
+        sees only the instance (Backend.command)."""
+        return {"wired_shares": self.mlx_wired_shares} if instance.backend == "mlx" else {}
 
 
 def valid_instances(prepared: Any) -> list[tuple[int, InstanceSpec]]:
