@@ -18,10 +18,19 @@ BIN = Path(sys.executable).parent
 FAKE_SERVER = ROOT / "tests" / "standins" / "fake_server.py"
 
 
+_GIVEN: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+    """A port nothing listens on now, never the same one twice in a run: a fleet's ports are all chosen
+    before its servers bind them, and the kernel hands a port it just freed out again."""
+    while True:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        if port not in _GIVEN:
+            _GIVEN.add(port)
+            return port
 
 
 def time_command(argv: list[str], runs: int, env: dict[str, str] | None = None) -> list[float]:

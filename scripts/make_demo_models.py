@@ -62,6 +62,7 @@ def write_gguf(
     embedding_length: int = SHAPE["hidden"],
     feed_forward_length: int = SHAPE["ffn"],
     pad_vocab_to: int = 0,
+    layers: int = SHAPE["layers"],
 ) -> Path:
     """A llama GGUF of random f32 weights.
 
@@ -86,7 +87,7 @@ def write_gguf(
     writer.add_name("llmctl-tiny-llama")
     writer.add_context_length(SHAPE["context"])
     writer.add_embedding_length(hidden)
-    writer.add_block_count(SHAPE["layers"])
+    writer.add_block_count(layers)
     writer.add_feed_forward_length(ffn)
     writer.add_head_count(SHAPE["heads"])
     writer.add_head_count_kv(SHAPE["kv_heads"])
@@ -106,13 +107,13 @@ def write_gguf(
     rng = np.random.default_rng(0)
 
     def weights(*shape: int) -> np.ndarray:
-        return (rng.standard_normal(shape) * 0.02).astype(np.float32)
+        return rng.random(shape, dtype=np.float32) * 0.04 - 0.02  # uniform: as random as needed, and fast
 
     vocab = len(tokens)
     writer.add_tensor("token_embd.weight", weights(vocab, hidden))
     writer.add_tensor("output_norm.weight", np.ones(hidden, dtype=np.float32))
     writer.add_tensor("output.weight", weights(vocab, hidden))
-    for layer in range(SHAPE["layers"]):
+    for layer in range(layers):
         prefix = f"blk.{layer}"
         writer.add_tensor(f"{prefix}.attn_norm.weight", np.ones(hidden, dtype=np.float32))
         writer.add_tensor(f"{prefix}.attn_q.weight", weights(hidden, hidden))

@@ -207,7 +207,7 @@ def test_gpu_memory_of_a_tree_adds_its_children():
 
 def test_no_nvml_means_no_gpu_figure():
     gpu = memory.GpuMemory()
-    gpu._failed = True
+    gpu._nvml._tried, gpu._nvml.library = True, None  # as after a failed load: no library, no driver
     assert gpu.by_pid() is None
 
 

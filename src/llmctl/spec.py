@@ -132,6 +132,7 @@ class Config:
     memory_budget: int | None
     gateway: GatewaySpec | None = None
     mlx_wired_shares: bool | None = None  # MLX servers' GPU wired-limit shares; None: on macOS only
+    gpu_memory_budget: int | float | None = None  # bytes per GPU, or a share of each (float); None: 90 %
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Config:

@@ -267,6 +267,9 @@ class ConfigModel(_Strict):
     logs: LogsModel = LogsModel()
     # What all instances together may take (bytes, "48GiB", "80%"); None: the platform default.
     memory_budget: int | None = None
+    # What instances may take on each NVIDIA GPU: bytes ("40GiB", applied to each device) or a share of
+    # each device ("80%"); None: 90 % of each device (llmctl.memory.pools).
+    gpu_memory_budget: int | float | None = None
     binaries: dict[str, str] = {}
     # Each MLX server gets its share of the GPU wired limit (llmctl.memory.wired); None: on macOS only.
     mlx_wired_shares: bool | None = None
@@ -275,6 +278,22 @@ class ConfigModel(_Strict):
     @field_validator("memory_budget", mode="before")
     @classmethod
     def _budget_size(cls, value: Any) -> Any:
+        return None if value is None else _size(value)
+
+    @field_validator("gpu_memory_budget", mode="before")
+    @classmethod
+    def _gpu_budget(cls, value: Any) -> Any:
+        """A percentage stays a share of each device (a float); anything else is a size in bytes."""
+        if isinstance(value, str) and value.strip().endswith("%"):
+            try:
+                share = float(value.strip()[:-1]) / 100
+            except ValueError:
+                raise ValueError(f"not a percentage: {value!r}") from None
+            if not 0 < share <= 1:
+                raise ValueError(f"a share of each GPU must be above 0% and at most 100% (got {value!r})")
+            return share
+        if isinstance(value, float) and not value.is_integer():
+            raise ValueError("a size like 40GiB, a number of bytes, or a percentage like 80%")
         return None if value is None else _size(value)
 
     @field_validator("binaries")
@@ -330,6 +349,7 @@ class ConfigModel(_Strict):
             log_max_bytes=self.logs.max_bytes,
             log_backups=self.logs.backups,
             memory_budget=self.memory_budget,
+            gpu_memory_budget=self.gpu_memory_budget,
             gateway=GatewaySpec(**self.gateway.model_dump()) if self.gateway else None,
             mlx_wired_shares=self.mlx_wired_shares,
         )

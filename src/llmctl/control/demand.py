@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Protocol
 from llmctl.control.states import RUNNING, State
 from llmctl.memory.budget import format_bytes
 from llmctl.memory.measure import default_budget
+from llmctl.memory.pools import HOST_POOL, NVML, add_pools, gpu_budgets
 from llmctl.planes import Admission, AdmissionRefused
 
 if TYPE_CHECKING:
@@ -43,6 +44,8 @@ DRAIN_POLL = 0.1
 DEFAULT_MAX_WAIT = 600.0
 DEFAULT_DRAIN = 30.0
 DEFAULT_GRACE = 60.0
+SETTLING = 10.0  # seconds after a start in which an instance counts as max(planned, measured)
+UNKNOWN_SIZE = 1 << 30  # what an instance of unknown size counts for (no estimate, no max_memory): 1 GiB
 
 
 class Fleet(Protocol):
@@ -50,6 +53,7 @@ class Fleet(Protocol):
 
     runners: dict[str, Runner]
     memory_budget: int | None
+    gpu_memory_budget: int | float | None
 
     async def changed(self, timeout: float) -> None: ...
 
@@ -197,32 +201,73 @@ class Demand:
 
     # -- room --------------------------------------------------------------------------------
 
-    def _measured(self, runner: Runner) -> int:
-        """What an instance takes now: measured, or its estimate before it was ever measured."""
-        if runner.memory is not None:
-            return runner.memory.value
-        return runner.estimate or 0
+    def budgets(self) -> dict[str, int]:
+        """The budget of every pool: host memory, and each NVIDIA GPU NVML lists."""
+        budgets = {HOST_POOL: self.fleet.memory_budget or default_budget()}
+        budgets.update(gpu_budgets(NVML.devices(), self.fleet.gpu_memory_budget))
+        return budgets
+
+    @staticmethod
+    def planned(runner: Runner) -> dict[str, int]:
+        """What an instance will take once loaded, by pool: its estimate or its peak from an earlier run,
+        whichever is larger; of unknown size, its max_memory or UNKNOWN_SIZE, never 0."""
+        if runner.estimate_pools is not None:
+            planned = dict(runner.estimate_pools.pools)
+        else:
+            planned = {HOST_POOL: runner.estimate or runner.spec.max_memory or UNKNOWN_SIZE}
+        for pool, peak in runner.peak_pools.items():
+            planned[pool] = max(planned.get(pool, 0), peak)
+        return planned
+
+    def footprint(self, runner: Runner, now: float) -> dict[str, int]:
+        """What a running instance counts for, by pool: measured once it settled; while it starts (or
+        just after) what it measures may be only what it mapped so far, so the larger of that and its plan."""
+        measured = runner.memory_pools
+        planned = self.planned(runner)
+        if measured is None:
+            return planned
+        if runner.state is State.STARTING or now - runner.state_since < SETTLING:
+            return {pool: max(planned.get(pool, 0), measured.get(pool, 0)) for pool in {*planned, *measured}}
+        return dict(measured)
+
+    def _in_use(self, runners: list[Runner], now: float) -> dict[str, int]:
+        total: dict[str, int] = {}
+        for runner in runners:
+            total = add_pools(total, self.footprint(runner, now))
+        return total
 
     async def _make_room(self, newcomer: Runner) -> None:
-        """Stop idle on-demand instances, least recently used first, until the newcomer's estimate fits
-        beside what the others measure; wait (bounded) for busy ones to drain; else refuse."""
-        budget = self.fleet.memory_budget or default_budget()
-        need = newcomer.estimate or 0
+        """Stop idle on-demand instances, least recently used first, until the newcomer fits in every
+        pool it needs; wait (bounded) for busy ones to drain; refuse at once, stopping nothing, when it
+        could not fit even with every on-demand instance gone."""
+        budgets = self.budgets()
+        need = self.planned(newcomer)
         deadline = time.monotonic() + self._drain_timeout()
         while True:
+            now = time.monotonic()
             others = [r for r in self.fleet.runners.values() if r is not newcomer and r.state in RUNNING]
             self.fleet.sample([r for r in others if r.server is not None])
-            in_use = sum(self._measured(r) for r in others)
-            if in_use + need <= budget:
+            in_use = self._in_use(others, now)
+            over = [
+                pool for pool, size in need.items() if pool in budgets and in_use.get(pool, 0) + size > budgets[pool]
+            ]
+            if not over:
                 return
-            pinned = sum(self._measured(r) for r in others if not r.spec.on_demand)
-            if pinned + need > budget:  # it cannot fit even with every on-demand instance gone: stop nothing
-                raise self._no_room(newcomer, need, in_use, budget, "even with every on-demand instance stopped")
-            idle = [r for r in others if self.evictable(r)]
+            pinned = self._in_use([r for r in others if not r.spec.on_demand], now)
+            for pool in over:
+                if pinned.get(pool, 0) + need[pool] > budgets[pool]:  # not even with every on-demand one gone
+                    raise self._no_room(
+                        newcomer, pool, need, in_use, budgets, "even with every on-demand instance stopped"
+                    )
+            idle = [r for r in others if self.evictable(r) and any(self.footprint(r, now).get(p) for p in over)]
             if idle:
                 victim = min(idle, key=lambda r: max(r.usage.last_used, r.state_since))
                 victim.usage.evictions += 1
-                figures = f"{format_bytes(in_use)} in use + ~{format_bytes(need)} > budget {format_bytes(budget)}"
+                pool = over[0]
+                figures = (
+                    f"{pool}: {format_bytes(in_use.get(pool, 0))} in use + ~{format_bytes(need[pool])} "
+                    f"> budget {format_bytes(budgets[pool])}"
+                )
                 if await victim.request("expire", f"evicted to make room for {newcomer.name} ({figures})") == "busy":
                     victim.usage.evictions -= 1  # a request reached it meanwhile: look again
                     continue
@@ -233,14 +278,23 @@ class Demand:
                 await asyncio.sleep(DRAIN_POLL)
                 continue
             detail = f"busy: {', '.join(r.name for r in busy)}" if busy else "none can be stopped"
-            raise self._no_room(newcomer, need, in_use, budget, detail)
+            raise self._no_room(newcomer, over[0], need, in_use, budgets, detail)
 
-    def _no_room(self, newcomer: Runner, need: int, in_use: int, budget: int, detail: str) -> AdmissionRefused:
+    def _no_room(
+        self,
+        newcomer: Runner,
+        pool: str,
+        need: dict[str, int],
+        in_use: dict[str, int],
+        budgets: dict[str, int],
+        detail: str,
+    ) -> AdmissionRefused:
+        where = "memory" if pool == HOST_POOL else f"memory on {pool}"
         return refused(
             503,
             "insufficient_memory",
-            f"not enough memory to start {newcomer.name}: it needs ~{format_bytes(need)}, the instances use "
-            f"{format_bytes(in_use)} of the budget {format_bytes(budget)} ({detail})",
+            f"not enough {where} to start {newcomer.name}: it needs ~{format_bytes(need[pool])}, the instances use "
+            f"{format_bytes(in_use.get(pool, 0))} of the budget {format_bytes(budgets[pool])} ({detail})",
             30,
         )
 

@@ -41,6 +41,11 @@ def describe(spec: InstanceSpec, runner: Runner | None, log_path: str) -> dict[s
         **memory_fields(
             runner.memory if runner and server else None, runner.estimate if runner else safe_estimate(spec)
         ),
+        # By pool (llmctl.memory.pools: "ram" or "unified", "gpu:N"): measured now, the largest measured
+        # in this supervisor's life (kept after a stop), and the estimate; {} or null where unknown.
+        "memory_pools": (runner.memory_pools if runner and server else None),
+        "peak_pools": dict(runner.peak_pools) if runner else {},
+        "estimate_pools": runner.estimate_pools.pools if runner and runner.estimate_pools else None,
         "health": runner.health if runner else None,
         "start_failures": policy.failed_starts_in_a_row(runner.history) if runner else 0,
         "last_exit": runner.last_exit if runner else None,

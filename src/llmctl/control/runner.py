@@ -21,13 +21,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from llmctl.backends import NotReady, backend_for, command_line, safe_estimate
+from llmctl.backends import NotReady, backend_for, command_line, safe_estimate, safe_pool_estimate
 from llmctl.control import policy, state, states
 from llmctl.control.mailbox import Interrupted, Mailbox, Request
 from llmctl.control.serverprocess import ServerProcess
 from llmctl.control.states import WANTED_RUNNING, State
 from llmctl.errors import StartError
 from llmctl.logs import progress
+from llmctl.memory.pools import NVML, Estimate
 from llmctl.system import process
 from llmctl.system.ports import describe_busy_port, port_is_free
 from llmctl.system.redact import redact_argv
@@ -55,6 +56,14 @@ class Services:
     binaries: dict[str, str] = field(default_factory=dict)
     on_change: Callable[[Runner], None] = lambda runner: None
     on_progress: Callable[[Runner], None] = lambda runner: None  # a start moved on: no state change
+
+
+def _next_probe_in(interval: float) -> float:
+    """Seconds to the next multiple of `interval` on the monotonic clock. Every instance with the same
+    interval is probed in the same moment, so the supervisor (and, on a VM, the idle CPU it would
+    wake) wakes once per round rather than once per instance: at 50 instances, probes spread over
+    the interval cost the supervisor about four times the CPU."""
+    return interval - time.monotonic() % interval
 
 
 class _StartFailed(Exception):
@@ -117,6 +126,9 @@ class Runner:
         self.memory: TreeMemory | None = None
         self.sampled_at = 0.0
         self.estimate: int | None = safe_estimate(spec)
+        self.estimate_pools: Estimate | None = safe_pool_estimate(spec, NVML.devices())
+        self.memory_pools: dict[str, int] | None = None  # measured, by pool (llmctl.memory.pools)
+        self.peak_pools: dict[str, int] = {}  # the largest measured per pool, kept after a stop
         self.over_memory_since: float | None = None
         self.progress: progress.StartProgress | None = None
         self.usage = Usage()
@@ -146,6 +158,15 @@ class Runner:
         self.restarts = adoption.restarts
         self.history = [policy.Attempt(self.server.started_mono, became_ready=True)]
         self._move(State.STARTING, f"adopting pid {adoption.handle.pid} from a previous supervisor")
+
+    def respec(self, spec: InstanceSpec) -> None:
+        """A new config for an instance that is not running (an on-demand one `up` leaves to the first
+        request): its next start, and what admission plans for it, follow the new spec."""
+        if self.state not in (State.STOPPED, State.FAILED) or spec == self.spec:
+            return
+        self.spec = spec
+        self.estimate = safe_estimate(spec)
+        self.estimate_pools = safe_pool_estimate(spec, NVML.devices())
 
     def forget(self) -> None:
         """End the task of a runner with nothing running (its instance left the config)."""
@@ -216,6 +237,7 @@ class Runner:
                 await self._stop_process(request.reason)
             self.spec = request.spec or self.spec
             self.estimate = safe_estimate(self.spec)
+            self.estimate_pools = safe_pool_estimate(self.spec, NVML.devices())
             if request.kind == "restart" or running:
                 self.restarts += 1
             self.history, self.last_error = [], None
@@ -345,7 +367,7 @@ class Runner:
         failures = 0
         try:
             while True:
-                if await self._wait_for({exited}, timeout=spec.health.interval):
+                if await self._wait_for({exited}, timeout=_next_probe_in(spec.health.interval)):
                     server.reap_group()
                     code = exited.result()
                     self._after_end(f"the server {process.describe_exit(code)}", failed=code != 0)
@@ -416,6 +438,7 @@ class Runner:
     def _clear_process(self) -> None:
         self.server = None
         self.memory = None
+        self.memory_pools = None
         self.sampled_at = 0.0
         self.over_memory_since = None
         self.health = None

@@ -19,7 +19,8 @@ from typing import TYPE_CHECKING, Any
 
 from llmctl.control.states import State
 from llmctl.memory.budget import format_bytes
-from llmctl.memory.measure import GpuMemory, children_map, forget_exited, sample_tree
+from llmctl.memory.measure import children_map, forget_exited, sample_tree
+from llmctl.memory.pools import NVML, pools_of
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
@@ -41,7 +42,6 @@ class Sampler:
     def __init__(self, runners: Callable[[], Iterable[Runner]]) -> None:
         self.runners = runners
         self._cpu_samplers: dict[int, Any] = {}
-        self._gpu = GpuMemory()
         self._fleet: frozenset[ProcessHandle] = frozenset()  # the servers the last batch saw
 
     async def run_forever(self) -> None:
@@ -72,7 +72,8 @@ class Sampler:
         """Sample these runners' trees with one read of the process table; those sampled."""
         if not runners:
             return []
-        gpu = self._gpu.by_pid()
+        per_device = NVML.used_by_pid()  # {pid: {device: bytes}}; None where NVML is not available
+        gpu = None if per_device is None else {pid: sum(used.values()) for pid, used in per_device.items()}
         children = children_map()
         sampled = []
         for runner in runners:
@@ -84,6 +85,7 @@ class Sampler:
                 previous = None
             try:
                 runner.memory = sample_tree(runner.server.handle, self._cpu_samplers, gpu, children, previous)
+                _remember_pools(runner, per_device)
             except Exception as exc:  # a sampling error must never hurt supervision
                 log.debug("sampling %s failed: %s", runner.name, exc)
                 continue
@@ -115,3 +117,11 @@ def enforce_max_memory(runner: Runner) -> None:
         runner.over_memory_since = float("inf")  # asked once; a new process resets it
         grace = runner.spec.memory_grace
         runner.send("replace", f"memory: {format_bytes(figure)} over max_memory {format_bytes(limit)} for {grace:g}s")
+
+
+def _remember_pools(runner: Runner, per_device: dict[int, dict[int, int]] | None) -> None:
+    """The sample by pool, and the peak of each pool (admission counts it when the instance starts again)."""
+    memory = runner.memory
+    runner.memory_pools = None if memory is None else pools_of(memory.value, memory.pids, per_device)
+    for pool, size in (runner.memory_pools or {}).items():
+        runner.peak_pools[pool] = max(runner.peak_pools.get(pool, 0), size)

@@ -14,7 +14,7 @@ import os
 import time
 from typing import TYPE_CHECKING, Any
 
-from llmctl.backends import safe_estimate
+from llmctl.backends import safe_estimate, safe_pool_estimate
 from llmctl.control import state, statusdoc
 from llmctl.control.adoption import adopt_recorded
 from llmctl.control.demand import Demand
@@ -27,6 +27,7 @@ from llmctl.errors import ConfigError
 from llmctl.logs.hub import LogHub
 from llmctl.memory.budget import Candidate, check_budget
 from llmctl.memory.measure import own_rss, system_summary
+from llmctl.memory.pools import HOST_POOL, NVML, add_pools, gpu_budgets, gpu_pool
 from llmctl.spec import Config, GatewaySpec, InstanceSpec
 from llmctl.system.http import HttpClient
 
@@ -45,6 +46,7 @@ class Supervisor:
         self.config: Config | None = None
         self.config_path: str | None = None
         self.memory_budget: int | None = None
+        self.gpu_memory_budget: int | float | None = None
         self.started_mono = time.monotonic()
         self.shutdown_requested = asyncio.Event()
         self.requests: dict[str, int] = {}
@@ -93,6 +95,8 @@ class Supervisor:
         self.services.binaries = dict(binaries) if isinstance(binaries, dict) else {}
         budget = config.get("memory_budget")
         self.memory_budget = budget if isinstance(budget, int) else None
+        gpu_budget = config.get("gpu_memory_budget")
+        self.gpu_memory_budget = gpu_budget if isinstance(gpu_budget, (int, float)) else None
         max_bytes, backups = config.get("log_max_bytes"), config.get("log_backups")
         if isinstance(max_bytes, int) and isinstance(backups, int):
             self.services.hub.set_limits(max_bytes, backups)
@@ -114,6 +118,8 @@ class Supervisor:
 
     def runner_for(self, spec: InstanceSpec) -> Runner:
         existing = self.runners.get(spec.name)
+        if existing is not None and existing.spec.external == spec.external:
+            existing.respec(spec)  # a stopped one takes the new config; a running one keeps its own
         if existing is not None and existing.spec.external != spec.external and existing.state is State.STOPPED:
             self.runners.pop(spec.name).forget()  # now attached instead of started, or the other way round
         if spec.name not in self.runners:
@@ -221,7 +227,24 @@ class Supervisor:
             "warnings": list(self.warnings),
         }
         gateway = self.gateways.status()
-        return statusdoc.document(supervisor, system_summary(instances, self.memory_budget), instances, gateway)
+        system = {**system_summary(instances, self.memory_budget), "pools": self.pools()}
+        return statusdoc.document(supervisor, system, instances, gateway)
+
+    def pools(self) -> list[dict[str, Any]]:
+        """Each memory pool: what the instances measure in it, its budget, the device's size and use."""
+        budgets = self.demand.budgets()
+        devices = {gpu_pool(device.index): device for device in NVML.devices()}
+        used: dict[str, int] = {}
+        for runner in self.runners.values():
+            used = add_pools(used, runner.memory_pools or {})
+        entries = []
+        for pool in sorted(budgets, key=lambda name: (name != HOST_POOL, name)):
+            entry: dict[str, Any] = {"pool": pool, "used_bytes": used.get(pool, 0), "budget_bytes": budgets[pool]}
+            device = devices.get(pool)
+            if device is not None:
+                entry.update(device=device.name, total_bytes=device.total_bytes, device_used_bytes=device.used_bytes)
+            entries.append(entry)
+        return entries
 
     def _select(self, names: list[str]) -> list[Runner]:
         if not names:
@@ -244,13 +267,38 @@ class Supervisor:
         )
         candidates = [Candidate(spec.name, safe_estimate(spec)) for spec in specs]
         check_budget(candidates, in_use, self.memory_budget, self.config_path)
+        self._check_gpu_budgets(specs, starting)
+
+    def _check_gpu_budgets(self, specs: list[InstanceSpec], starting: set[str]) -> None:
+        """The same all-or-nothing check, on each GPU pool the instances would use."""
+        devices = NVML.devices()
+        if not devices:
+            return
+        budgets = gpu_budgets(devices, self.gpu_memory_budget)
+        estimates = {spec.name: safe_pool_estimate(spec, devices) for spec in specs}
+        for pool, budget in budgets.items():
+            in_use = sum(
+                (runner.memory_pools or {}).get(pool, 0)
+                for runner in self.runners.values()
+                if runner.state in RUNNING and runner.name not in starting
+            )
+            candidates = [
+                Candidate(name, e.pools.get(pool)) for name, e in estimates.items() if e and e.pools.get(pool)
+            ]
+            check_budget(candidates, in_use, budget, self.config_path, pool)
 
     # -- bookkeeping ---------------------------------------------------------------------
 
     def _changed(self, runner: Runner) -> None:
         if self.adopting:
             return
-        self.save()
+        if runner.state is State.STARTING and runner.server is None:
+            # A runner spawns in the same step as this move and saves the start with its PID; saved
+            # here too, that is a second fsync per instance on every `up`. Saved before the loop waits
+            # on anything all the same, for a start that spawns nothing (an external server, a failure).
+            asyncio.get_running_loop().call_soon(self.save)
+        else:
+            self.save()
         self._wake_waiters(runner)
         self.gateways.publish(runner)
 

@@ -22,14 +22,18 @@ def format_bytes(value: int) -> str:
     return f"{value} B"
 
 
-def check_budget(candidates: list[Candidate], in_use: int, budget: int | None, config_path: str | None) -> None:
+def check_budget(
+    candidates: list[Candidate], in_use: int, budget: int | None, config_path: str | None, pool: str | None = None
+) -> None:
     """Raise BudgetExceeded naming every figure when the candidates' estimates would not fit.
 
     Instances with no estimate (an Ollama model before its server runs) cannot be checked and
     are let through: refusing them would make the budget a guess. No budget in the config: the
-    platform's default (llmctl.memory.default_budget).
+    platform's default (llmctl.memory.default_budget). `pool`: a GPU pool ("gpu:0") checked against
+    gpu_memory_budget, whose budget is always given.
     """
-    source = f"memory_budget in {config_path}"
+    setting = "gpu_memory_budget" if pool else "memory_budget"
+    source = f"{setting} in {config_path}"
     if budget is None:
         from llmctl.memory.measure import IS_MACOS, default_budget
 
@@ -41,6 +45,6 @@ def check_budget(candidates: list[Candidate], in_use: int, budget: int | None, c
     parts = ", ".join(f"{c.name} ~{format_bytes(c.estimate)}" for c in candidates if c.estimate)
     raise BudgetExceeded(
         f"not starting anything: the estimate is {format_bytes(needed)} ({parts}), instances already use "
-        f"{format_bytes(in_use)}, and the memory budget is {format_bytes(budget)} ({source}); "
-        "free memory, raise memory_budget, or use --force"
+        f"{format_bytes(in_use)}, and the {'memory budget' if not pool else pool + ' budget'} is "
+        f"{format_bytes(budget)} ({source}); free memory, raise {setting}, or use --force"
     )

@@ -103,17 +103,21 @@ NVML = Nvml()  # the process's one handle on the library (loaded on first use)
 
 
 def _processes(lib: Any, handle: Any) -> list[Any]:
-    """Compute and graphics processes of one device, each pid once (a process can be in both lists)."""
+    """Compute and graphics processes of one device, each pid once (a process can be in both lists).
+    Old drivers lack the calls pynvml makes by default (its _v3): then the _v2 ones."""
     seen: dict[int, Any] = {}
     for getter in ("nvmlDeviceGetComputeRunningProcesses", "nvmlDeviceGetGraphicsRunningProcesses"):
-        function = getattr(lib, getter, None)
-        if function is None:
-            continue
-        try:
-            for entry in function(handle):
+        for name in (getter, f"{getter}_v2"):
+            function = getattr(lib, name, None)
+            if function is None:
+                continue
+            try:
+                entries = function(handle)
+            except Exception:  # NVMLError_FunctionNotFound on old drivers, or any driver hiccup: the next call
+                continue
+            for entry in entries:
                 seen.setdefault(int(entry.pid), entry)
-        except Exception:
-            continue
+            break
     return list(seen.values())
 
 
@@ -170,3 +174,21 @@ class Estimate:
 
 def host_only(total: int, what: str = "model, cache and process") -> Estimate:
     return Estimate((Part(HOST_POOL, what, int(total)),))
+
+
+def pools_of(host_bytes: int, pids: list[int], per_device: dict[int, dict[int, int]] | None) -> dict[str, int]:
+    """What a process tree takes, by pool: `host_bytes` (its PSS or footprint) and, per GPU, what NVML
+    lists for any of `pids`."""
+    pools = {HOST_POOL: host_bytes}
+    for pid in pids:
+        for index, size in (per_device or {}).get(pid, {}).items():
+            pools[gpu_pool(index)] = pools.get(gpu_pool(index), 0) + size
+    return pools
+
+
+def add_pools(total: dict[str, int], more: dict[str, int]) -> dict[str, int]:
+    """`total` plus `more`, pool by pool (a new dict)."""
+    summed = dict(total)
+    for pool, size in more.items():
+        summed[pool] = summed.get(pool, 0) + size
+    return summed
