@@ -33,6 +33,8 @@ sys.path.insert(0, str(ROOT / "scripts"))
 sys.path.insert(0, str(ROOT / "src"))
 
 MODELS = {"m1": (2048, 8192, 4), "m3": (3072, 12288, 5), "m6": (4096, 16384, 6)}  # hidden, ffn, layers
+if os.environ.get("GPU_CHECK_SMALL"):  # a dry run on a CPU machine: the same steps on small models
+    MODELS = {"m1": (256, 512, 2), "m3": (384, 768, 2), "m6": (512, 1024, 2)}
 ARGS = ["-c", "2048", "-np", "1"]
 
 
@@ -70,7 +72,8 @@ def nvml_state() -> tuple[dict[int, dict[int, int]], list[int]]:
 
 
 def instance_entry(name: str, model: Path, device: int, extra: str = "") -> str:
-    args = json.dumps([*ARGS, "--device", f"CUDA{device}", "-sm", "none"])
+    pin = [] if os.environ.get("GPU_CHECK_SMALL") else ["--device", f"CUDA{device}", "-sm", "none"]
+    args = json.dumps([*ARGS, *pin])
     return f"  - name: {name}\n    backend: llama.cpp\n    model: {model}\n    port: {free_port()}\n    args: {args}\n{extra}"
 
 
@@ -81,7 +84,7 @@ def run(server: str, out: Path, devices: int) -> dict:
     from llmctl.config.load import load_config
     from llmctl.memory.pools import NVML
 
-    work = Path("/tmp/llmctl-gpu")
+    work = Path(os.environ.get("GPU_CHECK_WORK", "/tmp/llmctl-gpu"))
     work.mkdir(exist_ok=True)
     report: dict = {"devices": [vars(d) for d in NVML.devices()], "llama_server": server}
     started = time.monotonic()
@@ -104,7 +107,7 @@ def run(server: str, out: Path, devices: int) -> dict:
     estimates = {}
     config_text = (
         f"gateway: {{port: {gateway}, max_wait: 600}}\nbinaries: {{llama.cpp: {server}}}\n"
-        "gpu_memory_budget: 12GiB\ninstances:\n"
+        f"gpu_memory_budget: {os.environ.get('GPU_CHECK_BUDGET', '12GiB')}\ninstances:\n"
         + instance_entry("tiny", tiny, 0)
         + "".join(instance_entry(name, path, 0, "    on_demand: true\n") for name, path in models.items())
     )
@@ -184,13 +187,9 @@ def main() -> int:
     parser.add_argument("--devices", type=int, default=1)
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    try:
-        report = run(args.llama_server, args.out, args.devices)
-    except Exception as exc:  # keep what was seen: the lease is short
-        report = {"error": repr(exc)}
-        raise
-    finally:
-        (args.out / "gpu_check.json").write_text(json.dumps(locals().get("report", {}), indent=1, default=str))
+    report = run(args.llama_server, args.out, args.devices)
+    (args.out / "gpu_check.json").write_text(json.dumps(report, indent=1, default=str))
+    print(json.dumps(report, indent=1, default=str))
     return 0
 
 
