@@ -444,7 +444,6 @@ instances:
     backend: mlx
     model: {mlx_model}
     port: {port}
-    env: {{{ENV_VAR}: "{GIB}"}}  # what the runner gives it
 """,
     )
     result = llmctl("up", cwd=tmp_path, timeout=300)
@@ -453,7 +452,10 @@ instances:
     assert instance["state"] == "healthy", instance
     import psutil
 
-    assert psutil.Process(instance["pid"]).cmdline()[1:3] == [str(LAUNCHER), "--"]
+    server = psutil.Process(instance["pid"])
+    assert server.cmdline()[1:3] == [str(LAUNCHER), "--"]
+    share = int(server.environ()[ENV_VAR])  # the runner gave it its share: the only MLX instance, all of it
+    assert 0 < share <= psutil.virtual_memory().total
     reply = httpx.post(
         instance["url"] + "/v1/chat/completions",
         json={"messages": [{"role": "user", "content": "hello"}], "max_tokens": 4},

@@ -129,6 +129,18 @@ def system_line(status: dict[str, Any]) -> str | None:
         parts.append(f"GPU wired limit {format_bytes(system['gpu_wired_limit_bytes'])}")
     gateway = status.get("gateway")
     line = " · ".join(parts)
+    gpus = [pool for pool in system.get("pools") or [] if str(pool.get("pool", "")).startswith("gpu:")]
+    if gpus:  # one line for the GPUs: what the instances use of each one's budget
+        line += "\n" + " · ".join(
+            f"{pool['pool']} {pool.get('device', 'GPU')}: instances {format_bytes(pool['used_bytes'])}"
+            f" of budget {format_bytes(pool['budget_bytes'])}"
+            + (
+                f" ({format_bytes(pool['device_used_bytes'])} used of {format_bytes(pool['total_bytes'])})"
+                if pool.get("total_bytes")
+                else ""
+            )
+            for pool in gpus
+        )
     if gateway:
         line += (
             f"\ngateway: {gateway['url']} · {gateway['requests']} requests · {gateway['in_flight']} in flight"

@@ -56,6 +56,8 @@ class Services:
     binaries: dict[str, str] = field(default_factory=dict)
     on_change: Callable[[Runner], None] = lambda runner: None
     on_progress: Callable[[Runner], None] = lambda runner: None  # a start moved on: no state change
+    # Variables the fleet adds to one instance's environment at spawn (an MLX server's wired-limit share).
+    extra_env: Callable[[InstanceSpec], dict[str, str]] = lambda spec: {}
 
 
 def _next_probe_in(interval: float) -> float:
@@ -283,7 +285,10 @@ class Runner:
             raise _StartFailed(f"cannot start: {exc.filename}: {exc.strerror or exc}", retry=False) from None
         self.note("starting: " + " ".join(redact_argv(argv)))
         try:
-            env = backend_for(spec.backend).environment(spec, self.services.environ)
+            env = {
+                **backend_for(spec.backend).environment(spec, self.services.environ),
+                **self.services.extra_env(spec),
+            }
             self.server = ServerProcess.spawn(argv, env=env, output=output, cwd=spec.workdir)
         except OSError as exc:
             raise _StartFailed(f"cannot start {argv[0]}: {exc.strerror or exc}", retry=False) from None

@@ -26,8 +26,9 @@ from llmctl.control.states import PENDING, RUNNING, WANTED_RUNNING, State
 from llmctl.errors import ConfigError
 from llmctl.logs.hub import LogHub
 from llmctl.memory.budget import Candidate, check_budget
-from llmctl.memory.measure import own_rss, system_summary
+from llmctl.memory.measure import IS_MACOS, macos_wired_limit, own_rss, system_summary, total_memory
 from llmctl.memory.pools import HOST_POOL, NVML, add_pools, gpu_budgets, gpu_pool
+from llmctl.memory.wired import share_env, shares_on, system_limit, wired_shares
 from llmctl.spec import Config, GatewaySpec, InstanceSpec
 from llmctl.system.http import HttpClient
 
@@ -55,6 +56,7 @@ class Supervisor:
         self.services = Services(paths, HttpClient(), LogHub(paths), dict(os.environ if environ is None else environ))
         self.services.on_change = self._changed
         self.services.on_progress = self._wake_waiters
+        self.services.extra_env = self._wired_share
         self._change = asyncio.Event()
         self.sampler = Sampler(lambda: self.runners.values())
         self.demand = Demand(self, lambda: self.gateways.spec)
@@ -159,6 +161,21 @@ class Supervisor:
     async def set_gateway(self, spec: GatewaySpec | None) -> None:
         """Serve the gateway with these settings (None: no gateway); ConfigError when it cannot."""
         await self.gateways.ensure(spec)
+
+    def _wired_share(self, spec: InstanceSpec) -> dict[str, str]:
+        """An MLX server's share of the GPU wired limit (llmctl.memory.wired), fixed when it starts:
+        counted over every MLX instance of the config, on-demand ones too, so the shares never add up
+        to more than the limit however many start later."""
+        if spec.backend != "mlx" or not shares_on(spec.wired_shares, IS_MACOS):
+            return {}
+        specs = [s for s in (self.config.instances if self.config else ()) if s.backend == "mlx"] or [spec]
+        needs = {}
+        for other in specs:
+            runner = self.runners.get(other.name)
+            peak = runner.peak_pools.get(HOST_POOL, 0) if runner else 0
+            needs[other.name] = max(safe_estimate(other) or 0, peak)
+        shares = wired_shares(needs, system_limit(macos_wired_limit(), total_memory()))
+        return share_env(shares.get(spec.name))
 
     def sample(self, runners: Iterable[Runner]) -> None:
         """Measure these instances now (for an admission decision)."""
