@@ -156,10 +156,15 @@ def run(server: str, out: Path, devices: int) -> dict:
     if devices >= 2:
         folder = work / "pinned"
         folder.mkdir(exist_ok=True)
+        visible = (
+            f"  - name: only1\n    backend: llama.cpp\n    model: {models['m1']}\n    port: {free_port()}\n"
+            f"    args: {json.dumps(ARGS)}\n    env: {{CUDA_VISIBLE_DEVICES: '1'}}\n"
+        )
         (folder / "instances.yaml").write_text(
             f"binaries: {{llama.cpp: {server}}}\ninstances:\n"
             + instance_entry("on0", models["m1"], 0)
             + instance_entry("on1", models["m3"], 1)
+            + visible
         )
         llmctl(folder, "up")
         time.sleep(2)
@@ -168,7 +173,11 @@ def run(server: str, out: Path, devices: int) -> dict:
         report["pinned"] = {
             "pools": snapshot["system"].get("pools"),
             "instances": {
-                i["name"]: {"memory_pools": i.get("memory_pools"), "nvml": by_pid.get(i["pid"]) if i["pid"] else None}
+                i["name"]: {
+                    "memory_pools": i.get("memory_pools"),
+                    "estimate_pools": i.get("estimate_pools"),
+                    "nvml": by_pid.get(i["pid"]) if i["pid"] else None,
+                }
                 for i in snapshot["instances"]
             },
             "device_used": used,
