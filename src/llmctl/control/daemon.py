@@ -19,6 +19,7 @@ from llmctl.control.lock import acquire_supervisor_lock
 from llmctl.control.server import serve
 from llmctl.control.supervisor import Supervisor
 from llmctl.errors import SupervisorError
+from llmctl.logs.ownlog import log_to
 from llmctl.paths import StatePaths
 
 
@@ -60,30 +61,13 @@ async def run_supervisor(
     return received[0] if received else None
 
 
-LOG_MAX_BYTES = 10 * 1024 * 1024
-LOG_BACKUPS = 3
-
-
-def _log_to(path: Path) -> None:
-    """supervisor.log, rotated by size: a supervisor lives as long as the servers, its log must not grow
-    without bound. (What the interpreter itself writes to stderr, a crash's traceback, lands in the file
-    stderr was opened on.)"""
-    import logging.handlers
-
-    paths_folder = path.parent
-    paths_folder.mkdir(parents=True, exist_ok=True)
-    handler = logging.handlers.RotatingFileHandler(path, maxBytes=LOG_MAX_BYTES, backupCount=LOG_BACKUPS)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    logging.basicConfig(level=logging.INFO, handlers=[handler])
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="llmctl-supervisor")
     parser.add_argument("--state-dir", type=Path, required=True)
     args = parser.parse_args(argv)
     os.umask(0o077)
     paths = StatePaths(args.state_dir.absolute())
-    _log_to(paths.supervisor_log)
+    log_to(paths.supervisor_log)
     try:
         lock = acquire_supervisor_lock(paths)
     except SupervisorError as exc:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import logging.handlers
 import os
 import resource
 import signal
@@ -18,10 +17,8 @@ import sys
 from pathlib import Path
 
 from llmctl.gateway.server import Gateway
+from llmctl.logs.ownlog import log_to
 from llmctl.paths import StatePaths
-
-LOG_MAX_BYTES = 10 * 1024 * 1024
-LOG_BACKUPS = 3
 
 
 def raise_open_file_limit() -> int:
@@ -37,16 +34,6 @@ def raise_open_file_limit() -> int:
         except (ValueError, OSError):
             pass
     return soft
-
-
-def setup_logging(path: Path) -> None:
-    """Lines to gateway.log, rotated by size like every other log llmctl keeps."""
-    handler = logging.handlers.RotatingFileHandler(path, maxBytes=LOG_MAX_BYTES, backupCount=LOG_BACKUPS)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(logging.INFO)
-    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
 
 
 async def serve(paths: StatePaths) -> None:
@@ -71,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     os.umask(0o077)
     paths = StatePaths(args.state_dir.absolute())
-    setup_logging(paths.gateway_log)
+    log_to(paths.gateway_log)
     limit = raise_open_file_limit()
     logging.getLogger("llmctl.gateway").info("gateway process %s (open files: %s)", os.getpid(), limit)
     asyncio.run(serve(paths))
