@@ -368,7 +368,14 @@ def gateway(settings: Settings) -> list[Figure]:
     return figures
 
 
-CLAIMS = (up_overhead, status_calls, restart_after_kill, idle_cost, at_scale, gateway)
+def planes(settings: Settings) -> list[Figure]:
+    """The gateway in its own process: its memory, its p50/p99 cost, probes on schedule under a flood."""
+    from planes import two_planes
+
+    return two_planes(settings)
+
+
+CLAIMS = (up_overhead, status_calls, restart_after_kill, idle_cost, at_scale, gateway, planes)
 
 
 # -- reporting -----------------------------------------------------------------------------
