@@ -1,7 +1,7 @@
 """Write tiny but real models that llama-server and mlx_lm.server can load.
 
-Weights cannot be downloaded on the machines llmctl is developed and tested on, so the default
-`instances.yaml`, the tests and the benchmarks serve models written here: a llama-architecture
+The tests and the benchmarks serve models written here (the default `instances.yaml` serves a real
+model that scripts/fetch_model.py fetches): a llama-architecture
 GGUF with a byte-level `gpt2` vocabulary, and the same shape saved the way mlx-lm saves models.
 The answers are gibberish; loading, serving and process behaviour are real.
 
