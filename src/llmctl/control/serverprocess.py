@@ -48,7 +48,8 @@ class ServerProcess:
     async def stop(self, timeout: float) -> bool:
         """SIGTERM once, SIGKILL after `timeout`; True when the whole tree is gone: reaped (no zombie
         with live threads) and, on NVIDIA, no longer listed by NVML (its GPU memory freed; bounded)."""
-        pids = {member.pid for member in process.tree(self.handle)} | {self.pid}
+        # Only where a GPU may hold its memory: listing the tree reads the whole process table.
+        pids = {member.pid for member in process.tree(self.handle)} | {self.pid} if NVML.available() else set()
         done = await process.stop_tree(self.handle, self.pgid, timeout, reap=self.popen.poll if self.popen else None)
         self.reap_group()
         await _until_gpu_freed(pids)
@@ -66,7 +67,7 @@ async def _until_gpu_freed(pids: set[int], timeout: float = GPU_FREE_WAIT) -> bo
     """Wait until no GPU lists these processes (the driver frees a dead process's memory a moment
     after it exits); True at once where NVML is not available."""
     deadline = time.monotonic() + timeout
-    while NVML.lists(pids):
+    while pids and NVML.lists(pids):
         if time.monotonic() >= deadline:
             return False
         await asyncio.sleep(0.05)

@@ -60,6 +60,10 @@ class Nvml:
                 self.library = None
         return self.library
 
+    def available(self) -> bool:
+        """Is NVML there (a library, a driver)? Loaded on the first call, then remembered."""
+        return self._lib() is not None
+
     def devices(self) -> list[Device]:
         lib = self._lib()
         if lib is None:
