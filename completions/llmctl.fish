@@ -11,7 +11,7 @@ function __llmctl_instances
     llmctl $file _names 2>/dev/null
 end
 
-set -l commands up wait status logs down restart url env check init doctor completion export service
+set -l commands up wait status logs down restart url env check init doctor completion estimate export service
 complete -c llmctl -f
 complete -c llmctl -s f -l file -r -F -d 'Config file'
 complete -c llmctl -l version -d 'Print the version and exit'
@@ -21,12 +21,13 @@ complete -c llmctl -n "not __fish_seen_subcommand_from $commands" -a status -d '
 complete -c llmctl -n "not __fish_seen_subcommand_from $commands" -a logs -d 'Print the last lines of instance logs, or follow them'
 complete -c llmctl -n "not __fish_seen_subcommand_from $commands" -a down -d 'Stop instances'
 complete -c llmctl -n "not __fish_seen_subcommand_from $commands" -a restart -d 'Stop and start instances again'
-complete -c llmctl -n "not __fish_seen_subcommand_from $commands" -a url -d 'Print an instances base URL'
-complete -c llmctl -n "not __fish_seen_subcommand_from $commands" -a env -d 'Print `export LLMCTL_<NAME>_URL=...` for every instance'
+complete -c llmctl -n "not __fish_seen_subcommand_from $commands" -a url -d 'Print an instances OpenAI base URL, ending in /v1'
+complete -c llmctl -n "not __fish_seen_subcommand_from $commands" -a env -d 'Print `export` lines for `eval $(llmctl env)`'
 complete -c llmctl -n "not __fish_seen_subcommand_from $commands" -a check -d 'Validate the config file without starting anything'
 complete -c llmctl -n "not __fish_seen_subcommand_from $commands" -a init -d 'Write a commented starter instances.yaml from the servers and models found on this machine'
 complete -c llmctl -n "not __fish_seen_subcommand_from $commands" -a doctor -d 'Check programs, ports, models, memory, the state folder and the supervisor'
 complete -c llmctl -n "not __fish_seen_subcommand_from $commands" -a completion -d 'Print the shell completion script'
+complete -c llmctl -n "not __fish_seen_subcommand_from $commands" -a estimate -d 'Print what a model would take, by memory pool and part'
 complete -c llmctl -n "not __fish_seen_subcommand_from $commands" -a export -d 'Render the config as Kubernetes manifests or a compose file'
 complete -c llmctl -n "not __fish_seen_subcommand_from $commands" -a service -d 'Start the fleet at login'
 complete -c llmctl -n "__fish_seen_subcommand_from up" -a '(__llmctl_instances)'
@@ -60,6 +61,7 @@ complete -c llmctl -n "__fish_seen_subcommand_from restart" -s f -l file -r -F -
 complete -c llmctl -n "__fish_seen_subcommand_from restart" -l json -d 'Print JSON instead of a table'
 complete -c llmctl -n "__fish_seen_subcommand_from url" -a '(__llmctl_instances)'
 complete -c llmctl -n "__fish_seen_subcommand_from url" -s f -l file -r -F -d 'Config file'
+complete -c llmctl -n "__fish_seen_subcommand_from url" -l bare -d 'The servers root URL, without /v1'
 complete -c llmctl -n "__fish_seen_subcommand_from env" -s f -l file -r -F -d 'Config file'
 complete -c llmctl -n "__fish_seen_subcommand_from check" -s f -l file -r -F -d 'Config file'
 complete -c llmctl -n "__fish_seen_subcommand_from init" -s f -l file -r -F -d 'Config file'
@@ -68,6 +70,8 @@ complete -c llmctl -n "__fish_seen_subcommand_from init" -l stdout -d 'Print the
 complete -c llmctl -n "__fish_seen_subcommand_from doctor" -s f -l file -r -F -d 'Config file'
 complete -c llmctl -n "__fish_seen_subcommand_from doctor" -l json -d 'Print JSON instead of a table'
 complete -c llmctl -n "__fish_seen_subcommand_from completion" -a 'bash zsh fish'
+complete -c llmctl -n "__fish_seen_subcommand_from estimate" -l backend -r -d 'llama.cpp or mlx'
+complete -c llmctl -n "__fish_seen_subcommand_from estimate" -l json -d 'Print JSON instead of a table'
 complete -c llmctl -n "__fish_seen_subcommand_from export" -a 'kubernetes compose'
 complete -c llmctl -n "__fish_seen_subcommand_from export" -s f -l file -r -F -d 'Config file'
 complete -c llmctl -n "__fish_seen_subcommand_from export" -s o -l output -r -d 'Write into this folder'

@@ -193,7 +193,7 @@ def test_a_supervisor_config_is_used_outside_its_folder(tmp_path, state_dir):
     elsewhere.mkdir()
     logs = llmctl("logs", "fake", "-n", "5", cwd=elsewhere)
     assert logs.returncode == 0, logs.stderr
-    assert llmctl("url", "fake", cwd=elsewhere).stdout.strip() == f"http://127.0.0.1:{port}"
+    assert llmctl("url", "fake", cwd=elsewhere).stdout.strip() == f"http://127.0.0.1:{port}/v1"
     restarted = llmctl("restart", "fake", cwd=elsewhere)
     assert restarted.returncode == 0, restarted.stderr
     assert by_name(status_json(cwd=elsewhere))["fake"]["restarts"] == 1

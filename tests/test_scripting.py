@@ -15,8 +15,8 @@ def test_url_and_env_need_no_supervisor(tmp_path, state_dir):
         + command_instance("chat", ports[0])
         + command_instance("code-7b_x", ports[1]),
     )
-    assert llmctl("url", "chat", cwd=tmp_path).stdout == f"http://127.0.0.1:{ports[0]}\n"
-    assert llmctl("url", "gateway", cwd=tmp_path).stdout == f"http://127.0.0.1:{ports[2]}\n"
+    assert llmctl("url", "chat", cwd=tmp_path).stdout == f"http://127.0.0.1:{ports[0]}/v1\n"
+    assert llmctl("url", "gateway", cwd=tmp_path).stdout == f"http://127.0.0.1:{ports[2]}/v1\n"
     missing = llmctl("url", "nope", cwd=tmp_path)
     assert missing.returncode == 2 and "nope" in missing.stderr
     script = f'eval "$({LLMCTL} env)" && echo "$LLMCTL_CHAT_URL $LLMCTL_CODE_7B_X_URL $LLMCTL_GATEWAY_URL"'

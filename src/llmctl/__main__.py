@@ -104,9 +104,14 @@ def main() -> None:
     fast = FAST_COMMANDS.get(argv[0]) if argv else None
     try:
         code = fast(argv[1:]) if fast else None
+        sys.stdout.flush()  # a write the pipe took only part of fails here, not at exit
     except KeyboardInterrupt:
         sys.stderr.write("llmctl: interrupted\n")
         code = 130
+    except BrokenPipeError:  # `llmctl status | head -1`: ended as SIGPIPE ends `ls` there
+        from llmctl.cli.render import end_by_sigpipe
+
+        end_by_sigpipe()
     except OSError as exc:  # as the full CLI reports it: the file and the system's reason, one line
         sys.stderr.write(f"llmctl: error: {exc.filename + ': ' if exc.filename else ''}{exc.strerror or exc}\n")
         code = 1

@@ -137,6 +137,7 @@ def render(found: Discovery, host: str = "127.0.0.1") -> str:
     """The starter config's text: valid as written, commented for the person who reads it."""
     from llmctl.memory.budget import format_bytes
 
+    ports: set[int] = set()  # the gateway's and each instance's: free now, and free of each other
     lines = [
         "# llmctl config, written by `llmctl init`. Edit freely; `llmctl check` validates it,",
         "# `llmctl doctor` checks the machine against it, `llmctl up` starts it.",
@@ -145,7 +146,7 @@ def render(found: Discovery, host: str = "127.0.0.1") -> str:
         + ", ".join(f"{name} ({path})" if path else f"{name} (not found)" for name, path in found.programs.items()),
         "",
         "# One port for every model: requests name an instance (or an alias) in their `model` field.",
-        f"gateway: {{port: {_free_port(GATEWAY_PORT, set(), host)}}}",
+        f"gateway: {{port: {_free_port(GATEWAY_PORT, ports, host)}}}",
         "",
         "defaults:",
         "  restart: {policy: on-failure}",
@@ -169,7 +170,6 @@ def render(found: Discovery, host: str = "127.0.0.1") -> str:
         return "\n".join(lines) + "\n"
     lines.append("instances:")
     names: set[str] = set()
-    ports: set[int] = set()
     for index, model in enumerate(chosen):
         name = _name_for(model, names)
         port = _free_port(FIRST_PORT + index, ports, host)

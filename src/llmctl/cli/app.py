@@ -271,43 +271,45 @@ def logs(
     noise = {spec.name: backend_for(spec.backend).is_probe_noise for spec in specs}
     emit = render.log_emitter(sys.stdout, list(files), prefix=len(files) > 1 and not no_prefix, raw=raw)
 
-    def show(name: str, line: str) -> None:
-        if probes or not noise[name](line):
-            emit(name, line)
+    def kept(name: str) -> Any:
+        """Whether a line of this instance is shown: -n counts the lines shown, after this filter."""
+        return None if probes else lambda line: not noise[name](line)
 
     try:
         for name, path in files.items():
+            keep = kept(name)
             if since_epoch is not None:
-                chosen = lines_since(path, since_epoch)
+                chosen = [line for line in lines_since(path, since_epoch) if keep is None or keep(line)]
                 backlog = chosen if lines is None else chosen[-lines:] if lines else []
             else:
-                backlog = last_lines(path, 50 if lines is None else lines)
+                backlog = last_lines(path, 50 if lines is None else lines, keep)
             for line in backlog:
-                show(name, line)
+                emit(name, line)
         if follow:
             sys.stdout.flush()
             for name, line in follow_logs(files, 0):
-                show(name, line)
+                if probes or not noise[name](line):
+                    emit(name, line)
                 sys.stdout.flush()
     except KeyboardInterrupt:
-        raise typer.Exit(0) from None
-    except BrokenPipeError:
         raise typer.Exit(0) from None
 
 
 @app.command()
 def down(names: NamesArgument = None, file: FileOption = None, json_output: JsonOption = False) -> None:
-    """Stop instances (SIGTERM to the group, SIGKILL after stop_timeout); no names: all, and the supervisor."""
+    """Stop instances (SIGTERM to the group, SIGKILL after stop_timeout); no names: all, and the supervisor.
+
+    An external server (backend: external) is detached, never stopped: its own app runs it."""
     paths = StatePaths.default()
     wanted = list(names or [])
     stopped = service.down(paths, wanted, _config_path(file))
-    if json_output:
-        render.write_json(statusdoc.with_version({"ok": True, "stopped": stopped}))
+    if json_output:  # `stopped` lists the detached external servers too: llmctl no longer watches them
+        render.write_json(statusdoc.with_version({"ok": True, "stopped": list(stopped)}))
     elif not stopped:
         print("nothing is running" if not wanted else f"not running: {', '.join(wanted)}")
     else:
-        for name in stopped:
-            print(f"{name}: stopped")
+        for name, done in stopped.items():
+            print(f"{name}: {done}" + (" (still running; its own app stops it)" if done == "detached" else ""))
 
 
 @app.command()
@@ -326,18 +328,22 @@ def restart(
 def url(
     name: Annotated[str, typer.Argument(help="Instance name, or `gateway`.", show_default=False, metavar="NAME")],
     file: FileOption = None,
+    bare: Annotated[bool, typer.Option("--bare", help="The server's root URL, without /v1.")] = False,
 ) -> None:
-    """Print an instance's base URL (from the config: no supervisor needed)."""
+    """Print an instance's OpenAI base URL, ending in /v1 (from the config: no supervisor needed)."""
     config = _config(file)
     if name == "gateway" and config.gateway is not None and "gateway" not in config.names:
-        print(config.gateway.url)
-        return
-    print(config.instance(name).url)
+        root = config.gateway.url
+    else:
+        root = config.instance(name).url
+    print(root if bare else service.openai_url(root))
 
 
 @app.command()
 def env(file: FileOption = None) -> None:
-    """Print `export LLMCTL_<NAME>_URL=...` for every instance (and LLMCTL_GATEWAY_URL): `eval "$(llmctl env)"`."""
+    """Print `export` lines for `eval "$(llmctl env)"`: LLMCTL_<NAME>_URL (the server's root URL) and
+    LLMCTL_<NAME>_OPENAI_URL (…/v1) for every instance, the same for the gateway as LLMCTL_GATEWAY_*, and
+    OPENAI_BASE_URL (the gateway's /v1 when there is one, else the first instance's)."""
     import shlex
 
     for variable, value in service.urls(_config(file)).items():
@@ -420,7 +426,10 @@ def estimate(
     ctx: typer.Context,
     model: Annotated[str, typer.Argument(help="A GGUF file (llama.cpp) or an MLX model folder.", show_default=False)],
     backend: Annotated[
-        str | None, typer.Option("--backend", help="llama.cpp or mlx (default: from the model).", show_default=False)
+        str | None,
+        typer.Option(
+            "--backend", help="llama.cpp or mlx (default: from the model).", show_default=False, metavar="BACKEND"
+        ),
     ] = None,
     json_output: JsonOption = False,
 ) -> None:
@@ -553,7 +562,17 @@ def service_status(platform: PlatformOption = None) -> None:
 
 
 class _Command(typer.core.TyperCommand):
-    """Help that reads like a man page: a flag shows no `<bool>`, a value its metavar only."""
+    """Help that reads like a man page: a flag shows no `<bool>`, a value its metavar only. Output into
+    a closed pipe ends the command as SIGPIPE ends other Unix tools (before click makes it exit 1)."""
+
+    def invoke(self, ctx: Any) -> Any:
+        try:
+            try:
+                return super().invoke(ctx)
+            finally:
+                sys.stdout.flush()  # a write the pipe took only part of fails here, not at exit
+        except BrokenPipeError:
+            render.end_by_sigpipe()
 
     def get_params(self, ctx: Any) -> list[Any]:
         params = super().get_params(ctx)

@@ -40,9 +40,24 @@ STATE_STYLES = {
     "backoff": "yellow",
     "failed": "bold red",
     "stopped": "dim",
+    "standby": "dim",
     "stopping": "yellow",
 }
 OUTCOME_MARKS = {"ok": ("✔", "green"), "failed": ("✘", "red"), "pending": ("…", "yellow")}
+
+
+def end_by_sigpipe() -> None:
+    """Our output went into a closed pipe (`llmctl status | head -1`): end as `ls` does there, killed
+    by SIGPIPE (the shell says 141), with nothing on stderr. Python ignores SIGPIPE so that the
+    supervisor survives a peer that left; this restores the default only on the way out."""
+    import contextlib
+    import signal
+
+    with contextlib.suppress(OSError, ValueError):
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the exit flush must not fail again
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+    os.kill(os.getpid(), signal.SIGPIPE)
+    sys.exit(128 + signal.SIGPIPE)  # only where the signal could not end us
 
 
 def phase_text(progress: dict[str, Any] | None) -> str:
@@ -80,9 +95,29 @@ def short_model(model: str | None) -> str:
     return Path(model).name if "/" in model and model.startswith(("/", ".", "~")) else model
 
 
+def shown_state(instance: dict[str, Any]) -> str:
+    """The STATE column: `standby` for an on-demand instance waiting for its first request (its JSON
+    state stays `stopped`)."""
+    return "standby" if instance.get("standby") else instance["state"]
+
+
+def _demand_note(instance: dict[str, Any]) -> str | None:
+    """An on-demand instance's last use and ttl countdown, where the supervisor knows them."""
+    if instance.get("ttl_left_s") is not None:
+        return f"idle; stops in {format_duration(instance['ttl_left_s'])} (ttl)"
+    if instance.get("standby"):
+        idle = instance.get("idle_s")
+        used = f"; last used {format_duration(idle)} ago" if idle is not None else ""
+        return f"on demand: the gateway starts it at its first request{used}"
+    return None
+
+
 def row(instance: dict[str, Any]) -> list[str]:
     cpu = instance.get("cpu_percent")
     health = instance.get("health") or "-"
+    note = _demand_note(instance)
+    if note is not None:
+        health = note if health == "-" else f"{health}; {note}"
     if instance.get("state") in ("failed", "backoff") and instance.get("last_error"):
         health = instance["last_error"]
     elif instance.get("progress"):
@@ -93,7 +128,7 @@ def row(instance: dict[str, Any]) -> list[str]:
         instance["name"],
         instance["backend"],
         short_model(instance.get("model")),
-        instance["state"],
+        shown_state(instance),
         str(instance["pid"]) if instance.get("pid") else "-",
         instance.get("url") or "-",
         format_duration(instance.get("uptime_s")),
@@ -150,7 +185,8 @@ def system_line(status: dict[str, Any]) -> str | None:
 
 
 def write_json(payload: dict[str, Any], out: TextIO = sys.stdout) -> None:
-    out.write(json.dumps(payload, indent=2) + "\n")
+    json.dump(payload, out, indent=2)  # in pieces: one large write into a pipe closed midway may end silently
+    out.write("\n")
 
 
 def write_plain_table(instances: list[dict[str, Any]], out: TextIO = sys.stdout, footer: str | None = None) -> None:
@@ -243,7 +279,7 @@ def rich_table(status: dict[str, Any], width: int | None = None, bars: bool = Fa
     for instance, cells in zip(status.get("instances", []), rows, strict=True):
         # Text, never a markup string: a model path or a server's error may hold "[/]".
         texts = [Text(cells[COLUMNS.index(column)]) for column in shown]
-        texts[shown.index("STATE")].stylize(STATE_STYLES.get(instance["state"], ""))
+        texts[shown.index("STATE")].stylize(STATE_STYLES.get(shown_state(instance), ""))
         table.add_row(*texts)
     return table
 
@@ -256,7 +292,7 @@ def progress_table(instances: list[dict[str, Any]]) -> Any:
     table = Table(show_header=False, box=None)
     for instance in instances:
         mark, style = OUTCOME_MARKS.get(instance["outcome"], ("?", ""))
-        state = Text(instance["state"], style=STATE_STYLES.get(instance["state"], ""))
+        state = Text(shown_state(instance), style=STATE_STYLES.get(shown_state(instance), ""))
         phase = Text(phase_text(instance.get("progress")), style="dim")
         table.add_row(Text(mark, style=style), Text(instance["name"]), state, Text(instance["url"]), phase)
     return table

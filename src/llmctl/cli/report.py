@@ -119,7 +119,7 @@ class _UpProgress:
             self._phase_line(instance)
             if instance["outcome"] != "pending" and instance["name"] not in self.reported:
                 self.reported.add(instance["name"])
-                word = instance["state"] if instance["outcome"] == "ok" else "failed"
+                word = render.shown_state(instance) if instance["outcome"] == "ok" else "failed"
                 print(f"{instance['name']}: {word} {instance['url']}", flush=True)
 
     def _phase_line(self, instance: dict[str, Any]) -> None:

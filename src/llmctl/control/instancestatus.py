@@ -21,12 +21,15 @@ def describe(spec: InstanceSpec, runner: Runner | None, log_path: str) -> dict[s
     now = time.monotonic()
     state = runner.state if runner else State.STOPPED
     server = runner.server if runner else None
+    standby = states.standby(state, spec.on_demand)
+    usage = runner.usage if runner and spec.on_demand and runner.usage.starts else None
     return {
         "name": spec.name,
         "backend": spec.backend,
         "model": spec.model,
         "state": state.value,
-        "outcome": runner.outcome if runner else states.outcome(state, False),
+        "outcome": states.OK if standby else runner.outcome if runner else states.outcome(state, False),
+        "standby": standby,
         "reason": runner.reason if runner else "not started",
         "pid": server.pid if server else None,
         "host": spec.host,
@@ -53,6 +56,14 @@ def describe(spec: InstanceSpec, runner: Runner | None, log_path: str) -> dict[s
         "next_restart_in_s": (
             round(max(0.0, runner.next_start_at - now), 3)
             if runner and state is State.BACKOFF and runner.next_start_at
+            else None
+        ),
+        # On demand: seconds since its last request ended (null until the gateway first started it), and
+        # while healthy with a ttl, the seconds left before it is stopped if it stays idle.
+        "idle_s": round(max(0.0, now - usage.last_used), 3) if usage else None,
+        "ttl_left_s": (
+            round(max(0.0, spec.ttl - (now - max(runner.usage.last_used, runner.state_since))), 3)
+            if runner and spec.on_demand and spec.ttl is not None and state is State.HEALTHY
             else None
         ),
         "log": log_path,

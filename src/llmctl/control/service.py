@@ -148,14 +148,17 @@ def _validated(config_path: Path, names: list[str]) -> Config:
     return config
 
 
-def down(paths: StatePaths, names: list[str], config_path: Path | None) -> list[str]:
-    """Stop the named instances (all, and the supervisor, when none are named).
+def down(paths: StatePaths, names: list[str], config_path: Path | None) -> dict[str, str]:
+    """Stop the named instances (all, and the supervisor, when none are named): what happened to each,
+    `stopped`, or `detached` for an external server (its own app runs it; llmctl only lets go of it).
 
     A name neither the config nor the supervisor knows is an error (exit 2), whether or not
     anything runs; a known one that is not running is simply not in the answer.
     """
     running = supervisor_is_needed(paths)
-    supervised = [i["name"] for i in client.request(paths, {"op": "status"})["instances"]] if running else []
+    instances = client.request(paths, {"op": "status"})["instances"] if running else []
+    supervised = [i["name"] for i in instances]
+    external = {i["name"] for i in instances if i.get("backend") == "external"}
     if names:
         config = _config_or_none(config_path)
         known = set(supervised) | set(config.names if config else [])
@@ -164,14 +167,14 @@ def down(paths: StatePaths, names: list[str], config_path: Path | None) -> list[
             raise ConfigError(f"unknown instance {unknown[0]!r} (known: {', '.join(sorted(known)) or 'none'})")
         names = [name for name in names if name in supervised]
         if not names:
-            return []
+            return {}
     if not running:
-        return []
+        return {}
     supervisor_pid = client.request(paths, {"op": "ping"})["pid"]
     answer = client.request(paths, {"op": "down", "names": names}, timeout=None)
     if not names:
         _wait_for_exit(supervisor_pid)
-    return answer["stopped"]
+    return {name: "detached" if name in external else "stopped" for name in answer["stopped"]}
 
 
 def _wait_for_exit(pid: int, timeout: float = 10.0) -> None:
@@ -195,23 +198,42 @@ def restart(paths: StatePaths, config_path: Path, names: list[str]) -> dict[str,
     return client.request(paths, request, timeout=None)["actions"]
 
 
-def env_name(instance: str) -> str:
+def env_name(instance: str, suffix: str = "URL") -> str:
     """`LLMCTL_<NAME>_URL`: the name upper-cased, every character a shell variable cannot hold as `_`."""
-    return "LLMCTL_" + "".join(char if char.isalnum() and char.isascii() else "_" for char in instance.upper()) + "_URL"
+    return (
+        "LLMCTL_"
+        + "".join(char if char.isalnum() and char.isascii() else "_" for char in instance.upper())
+        + "_"
+        + suffix
+    )
+
+
+def openai_url(url: str) -> str:
+    """The OpenAI-compatible base URL (what OpenAI clients take as base_url) of a server at `url`."""
+    return url.rstrip("/") + "/v1"
 
 
 def urls(config: Config) -> dict[str, str]:
-    """Each instance's base URL by its variable name (and the gateway's as LLMCTL_GATEWAY_URL), from the
-    config alone: no supervisor needed. Two names that map to one variable are a config error."""
+    """What `llmctl env` exports, from the config alone (no supervisor needed): each instance's base URL
+    as LLMCTL_<NAME>_URL and its OpenAI base URL (…/v1) as LLMCTL_<NAME>_OPENAI_URL, the gateway's as
+    LLMCTL_GATEWAY_URL and LLMCTL_GATEWAY_OPENAI_URL, and OPENAI_BASE_URL: the gateway's /v1, else the
+    first instance's. Two names that map to one variable are a config error."""
     found: dict[str, str] = {}
     owners: dict[str, str] = {}
     for spec in config.instances:
-        variable = env_name(spec.name)
-        if variable in owners:
-            raise ConfigError(f"instances {owners[variable]!r} and {spec.name!r} would both export ${variable}")
-        owners[variable], found[variable] = spec.name, spec.url
+        for variable, value in (
+            (env_name(spec.name), spec.url),
+            (env_name(spec.name, "OPENAI_URL"), openai_url(spec.url)),
+        ):
+            if variable in owners:
+                raise ConfigError(f"instances {owners[variable]!r} and {spec.name!r} would both export ${variable}")
+            owners[variable], found[variable] = spec.name, value
     if config.gateway is not None:
         found["LLMCTL_GATEWAY_URL"] = config.gateway.url
+        found["LLMCTL_GATEWAY_OPENAI_URL"] = openai_url(config.gateway.url)
+    first = config.gateway.url if config.gateway is not None else config.instances[0].url if config.instances else None
+    if first is not None:
+        found["OPENAI_BASE_URL"] = openai_url(first)
     return found
 
 

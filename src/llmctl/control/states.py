@@ -95,6 +95,12 @@ def outcome(state: State, failed_start: bool) -> str:
     return PENDING
 
 
+def standby(state: State, on_demand: bool) -> bool:
+    """An on-demand instance not running and not failed: it waits for the gateway to start it at its
+    first request. `wait` and `up` count it settled (outcome ok), `status` shows it as standby."""
+    return on_demand and state is S.STOPPED
+
+
 def mermaid() -> str:
     """The state diagram, as the README shows it."""
     lines = ["stateDiagram-v2", "    [*] --> stopped"]

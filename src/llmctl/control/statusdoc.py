@@ -3,7 +3,8 @@
     {"version": 1, "supervisor": {...} | null, "system": {...} | null, "instances": [{...}, ...]}
 
 Each instance carries its `state` and the `outcome` the supervisor computed from it (ok / pending /
-failed: see llmctl.control.states.outcome), so no client interprets state strings itself. `up`, `down`,
+failed: see llmctl.control.states.outcome), so no client interprets state strings itself. An on-demand
+instance that is stopped waits for its first request: state "stopped", outcome "ok", "standby": true. `up`, `down`,
 `restart`, `wait` and errors under --json add their own keys beside these, and always `version`.
 A new key may appear in a later version 1; a key changes meaning or disappears only with a new version.
 
@@ -25,6 +26,7 @@ INSTANCE_KEYS = (
     "model",
     "state",
     "outcome",
+    "standby",
     "reason",
     "pid",
     "host",
@@ -39,6 +41,8 @@ INSTANCE_KEYS = (
     "last_exit",
     "last_error",
     "next_restart_in_s",
+    "idle_s",
+    "ttl_left_s",
     "log",
     "env",
 )

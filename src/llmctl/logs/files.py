@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import stat
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
@@ -44,11 +44,23 @@ def _decode(lines: list[bytes]) -> list[str]:
     return [piece.decode("utf-8", errors="surrogateescape") for line in lines for piece in split_long(line)]
 
 
-def last_lines(path: Path, count: int) -> list[str]:
-    """The last `count` lines of a log, read from the end so a large log costs little (and at most
-    about count × MAX_LINE bytes, however long its lines)."""
+def last_lines(path: Path, count: int, keep: Callable[[str], bool] | None = None) -> list[str]:
+    """The last `count` lines of a log (of those `keep` accepts, when given), read from the end so a
+    large log costs little: about count × MAX_LINE bytes, however long its lines, read again over a
+    window four times wider while too few lines were kept and more of the file is left."""
     if count <= 0:
         return []
+    window = count
+    while True:
+        lines, whole = _tail(path, window)
+        kept = lines if keep is None else [line for line in lines if keep(line)]
+        if keep is None or len(kept) >= count or whole:
+            return kept[-count:]
+        window *= 4
+
+
+def _tail(path: Path, count: int) -> tuple[list[str], bool]:
+    """The last `count` lines of a log, and whether they are all of it."""
     budget = (count + 1) * MAX_LINE
     try:
         with _open_log(path) as log:
@@ -59,13 +71,13 @@ def last_lines(path: Path, count: int) -> list[str]:
                 log.seek(position)
                 data = log.read(end - position)
     except OSError:  # missing, a symlink (ELOOP), a FIFO: nothing to show
-        return []
+        return [], True
     lines = data.split(b"\n")
     if data.endswith(b"\n"):
         lines.pop()
     if position > 0 and len(lines) > 1:
         lines = lines[1:]  # the first is only the end of a line
-    return _decode(lines)[-count:]
+    return _decode(lines)[-count:], position == 0 and len(lines) <= count
 
 
 def lines_since(path: Path, since: float) -> list[str]:
