@@ -125,18 +125,18 @@ def memory_and_latency(settings: object) -> list:
         Figure(
             "request through the gateway, p50",
             "ms",
-            [statistics.median(gateway_times) * 1000],
+            [statistics.median(gateway_times)],
             "the same llama-server, direct",
-            [statistics.median(direct_times) * 1000],
+            [statistics.median(direct_times)],
         )
     )
     figures.append(
         Figure(
             "request through the gateway, p99",
             "ms",
-            [_p99(gateway_times) * 1000],
+            [_p99(gateway_times)],
             "the same llama-server, direct",
-            [_p99(direct_times) * 1000],
+            [_p99(direct_times)],
         )
     )
     return figures
@@ -217,17 +217,17 @@ def probes_under_flood(settings: object) -> list:
         Figure(
             "probe interval during a flood, median",
             "ms",
-            [statistics.median(flooded) * 1000],
+            [statistics.median(flooded)],
             "the same probes, quiet",
-            [statistics.median(quiet) * 1000],
+            [statistics.median(quiet)],
             note,
         ),
         Figure(
             "probe interval during a flood, longest",
             "ms",
-            [max(flooded) * 1000],
+            [max(flooded)],
             "the same probes, quiet",
-            [max(quiet) * 1000],
+            [max(quiet)],
             note,
         ),
     ]

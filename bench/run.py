@@ -448,8 +448,12 @@ def results_markdown(figures: list[Figure], settings: Settings, mode: str, took:
             *(["Notes:", "", *notes, ""] if notes else []),
             "![ratios](ratios.png)",
             "",
+            *([GPU_SECTION.read_text()] if GPU_SECTION.is_file() else []),  # from the lent GPU machine, kept
         ]
     )
+
+
+GPU_SECTION = Path(__file__).resolve().parent / "GPU.md"  # written by hand from bench/gpu_check.py's report
 
 
 def chart(figures: list[Figure], path: Path) -> None:
