@@ -137,7 +137,7 @@ def main() -> int:
     if args.tick:
         threading.Thread(target=_tick, args=(args.tick,), daemon=True).start()
     server = http.server.ThreadingHTTPServer(("127.0.0.1", args.port), Handler)
-    print(f"fake server listening on {args.port}", flush=True)
+    _say(f"fake server listening on {args.port}")
     server.serve_forever()
     return 0
 
@@ -172,11 +172,18 @@ def _exit_when(path: str) -> None:
     os._exit(code)
 
 
+def _say(line: str) -> None:
+    """One whole line in one write: print() writes the text and the newline apart, and two threads
+    printing at once interleave ("listening on 123tick 1")."""
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
+
+
 def _tick(seconds: float) -> None:
     number = 0
     while True:
         number += 1
-        print(f"tick {number}", flush=True)
+        _say(f"tick {number}")
         time.sleep(seconds)
 
 
