@@ -4,8 +4,8 @@
     .venv/bin/python bench/run.py --quick    # the smallest setting (the test suite's smoke test)
 
 It writes bench/RESULTS.md (figures, ratios, machine, versions, date) and bench/ratios.png, and
-puts the table in the README between its `bench:begin`/`bench:end` markers: the README's figures
-come from here, never by hand. A ratio is llmctl's median over the peer's; below 1, llmctl is
+puts the table in docs/benchmarks.md between its `bench:begin`/`bench:end` markers: the documented
+figures come from here, never by hand; each claim is one row (a repeated claim is an error). A ratio is llmctl's median over the peer's; below 1, llmctl is
 cheaper or faster. Nothing here is asserted anywhere: a slow machine makes slow figures.
 
 Peers: a shell script that starts llama-server and polls it with curl (the floor of `up`);
@@ -38,7 +38,8 @@ import psutil
 from common import BIN, FAKE_SERVER, ROOT, free_port, supervisord_config, tiny_llama
 
 LLMCTL = str(BIN / "llmctl")
-README_BEGIN, README_END = "<!-- bench:begin -->", "<!-- bench:end -->"
+DOCS_BEGIN, DOCS_END = "<!-- bench:begin -->", "<!-- bench:end -->"
+BENCH_DOCS = ROOT / "docs" / "benchmarks.md"
 
 
 @dataclass(frozen=True)
@@ -306,6 +307,10 @@ def at_scale(settings: Settings) -> list[Figure]:
 
 
 def _at_scale(settings: Settings, count: int) -> list[Figure]:
+    """`up`, `status --json` and `down` of `count` minimal servers, llmctl's and supervisord's figures.
+
+    At the size status_calls measures (with four times the repeats), `status --json` is left to it:
+    one claim, one row, never two figures for it."""
     with fake_config(count) as (folder, env):
         ours: dict[str, list[float]] = {"up": [], "status": [], "down": []}
         theirs: dict[str, list[float]] = {"up": [], "status": [], "down": []}
@@ -322,11 +327,12 @@ def _at_scale(settings: Settings, count: int) -> list[Figure]:
                     run([str(BIN / "supervisorctl"), "-c", str(sup_config), "stop", "all"], env, check=False)
                 )
     up_note = "llmctl waits for each /health; supervisord for RUNNING (no health check)"
+    status = Figure(f"`status --json`, {count} instances", "ms", ours["status"], "`supervisorctl status`",
+                    theirs["status"])  # fmt: skip
     return [
         Figure(f"`up`, {count} minimal servers", "ms", ours["up"], "supervisord start, all RUNNING", theirs["up"],
                up_note),
-        Figure(f"`status --json`, {count} instances", "ms", ours["status"], "`supervisorctl status`",
-               theirs["status"]),
+        *([status] if count != settings.status_instances else []),
         Figure(f"`down`, {count} instances", "ms", ours["down"], "`supervisorctl stop all`", theirs["down"]),
     ]  # fmt: skip
 
@@ -358,7 +364,7 @@ def gateway(settings: Settings) -> list[Figure]:
             litellm, litellm_url = start_litellm(folder, direct)
             if litellm is not None:
                 litellm_times = latencies(litellm_url, "chat", count)
-                figures.append(Figure("one request through the gateway", "ms", gateway_times,
+                figures.append(Figure("one request through the gateway, beside LiteLLM", "ms", gateway_times,
                                       "LiteLLM proxy, same upstream", litellm_times))  # fmt: skip
         finally:
             if litellm is not None:
@@ -392,6 +398,11 @@ def spread(values: list[float]) -> str:
 
 
 def table(figures: list[Figure]) -> str:
+    """The markdown table of `figures`, one row each; ValueError when a claim repeats (two figures for one claim)."""
+    claims = [figure.claim for figure in figures]
+    repeated = sorted({claim for claim in claims if claims.count(claim) > 1})
+    if repeated:
+        raise ValueError(f"claims measured twice: {repeated}")
     lines = [
         "| claim | llmctl (median) | spread | peer | peer (median) | spread | ratio |",
         "|---|---:|---|---|---:|---|---:|",
@@ -480,14 +491,15 @@ def chart(figures: list[Figure], path: Path) -> None:
     plt.close(fig)
 
 
-def update_readme(readme: Path, figures: list[Figure]) -> None:
-    text = readme.read_text()
-    if README_BEGIN not in text or README_END not in text:
+def update_docs(page: Path, figures: list[Figure]) -> None:
+    """Put the table between the page's markers (docs/benchmarks.md; the chart's path is relative to docs/)."""
+    text = page.read_text()
+    if DOCS_BEGIN not in text or DOCS_END not in text:
         return
-    head, rest = text.split(README_BEGIN, 1)
-    _, tail = rest.split(README_END, 1)
-    block = f"{README_BEGIN}\n{table(figures)}\n\n![llmctl / peer ratios](bench/ratios.png)\n{README_END}"
-    readme.write_text(head + block + tail)
+    head, rest = text.split(DOCS_BEGIN, 1)
+    _, tail = rest.split(DOCS_END, 1)
+    block = f"{DOCS_BEGIN}\n{table(figures)}\n\n![llmctl / peer ratios](../bench/ratios.png)\n{DOCS_END}"
+    page.write_text(head + block + tail)
 
 
 def main() -> int:
@@ -495,7 +507,8 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="the smallest setting: a smoke test, not figures")
     parser.add_argument("--out", type=Path, default=ROOT / "bench", help="where RESULTS.md and ratios.png go")
     parser.add_argument("--only", nargs="*", help="claims to run (function names)", default=None)
-    parser.add_argument("--no-readme", action="store_true", help="leave the README alone")
+    parser.add_argument("--no-docs", "--no-readme", dest="no_docs", action="store_true",
+                        help="leave docs/benchmarks.md alone")  # fmt: skip
     args = parser.parse_args()
     settings = Settings.quick() if args.quick else Settings.full()
     # llmctl as installed runs from bytecode (pip compiles it), as supervisord does here. From a source
@@ -517,8 +530,8 @@ def main() -> int:
     took = time.monotonic() - started
     (args.out / "RESULTS.md").write_text(results_markdown(figures, settings, "quick" if args.quick else "full", took))
     chart(figures, args.out / "ratios.png")
-    if not args.quick and not args.no_readme and args.out.resolve() == (ROOT / "bench").resolve():
-        update_readme(ROOT / "README.md", figures)
+    if not args.quick and not args.no_docs and args.out.resolve() == (ROOT / "bench").resolve():
+        update_docs(BENCH_DOCS, figures)
     print(f"wrote {args.out / 'RESULTS.md'} and {args.out / 'ratios.png'} in {took:.0f} s")
     return 0
 

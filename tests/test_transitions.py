@@ -1,5 +1,5 @@
 """The state table (llmctl.states) is the truth: every edge in it happens on real processes, an edge
-not in it raises, and the README's diagram is the one the table generates.
+not in it raises, and the diagram in docs/supervision.md is the one the table generates.
 
 One fleet of purpose-built servers is driven through every edge; the instance logs, where every
 transition is written as `[llmctl ...] FROM -> TO: reason`, are then read back and compared with the
@@ -32,9 +32,9 @@ def test_every_edge_outside_the_table_raises():
                 states.check_edge(source, target)
 
 
-def test_the_readme_diagram_is_the_table():
-    readme = (ROOT / "README.md").read_text()
-    assert states.mermaid() in readme
+def test_the_documented_diagram_is_the_table():
+    page = (ROOT / "docs" / "supervision.md").read_text()
+    assert states.mermaid() in page
 
 
 def _instance(name: str, tmp_path: Path, *flags: str, extra: str) -> tuple[str, Path, Path]:

@@ -1,6 +1,6 @@
 """An instance's states, the moves between them, and what each means to someone waiting.
 
-Standard library only: the supervisor, the status fast path and the README's diagram all read
+Standard library only: the supervisor, the status fast path and the diagram in docs/supervision.md all read
 this one table. Every state change goes through `Transitions.move`, which refuses an edge the
 table does not hold, so the diagram cannot drift from the code.
 """
@@ -25,7 +25,7 @@ class State(str, Enum):
 
 S = State
 
-# from -> the states it may move to, and why (the README's diagram is generated from this).
+# from -> the states it may move to, and why (docs/supervision.md's diagram is generated from this).
 TRANSITIONS: dict[State, dict[State, str]] = {
     S.STOPPED: {
         S.STARTING: "up, restart, or adopting a running server",
@@ -102,7 +102,7 @@ def standby(state: State, on_demand: bool) -> bool:
 
 
 def mermaid() -> str:
-    """The state diagram, as the README shows it."""
+    """The state diagram, as docs/supervision.md shows it."""
     lines = ["stateDiagram-v2", "    [*] --> stopped"]
     for source, targets in TRANSITIONS.items():
         for target, why in targets.items():
