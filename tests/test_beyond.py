@@ -41,8 +41,11 @@ def test_systemd_unit_is_written_and_verified(tmp_path, state_dir):
 
     status = llmctl("service", "status", "--platform", "linux", cwd=tmp_path, env={"HOME": str(home)})
     assert "installed at" in status.stdout
-    removed = llmctl("service", "uninstall", "--platform", "linux", cwd=tmp_path, env={"HOME": str(home)})
-    assert removed.returncode == 0 and not unit.exists()
+    no_bus = {"DBUS_SESSION_BUS_ADDRESS": "unix:path=/nonexistent", "XDG_RUNTIME_DIR": "/nonexistent"}
+    removed = llmctl("service", "uninstall", "--platform", "linux", cwd=tmp_path, env={"HOME": str(home), **no_bus})
+    assert not unit.exists() and f"removed {unit}" in removed.stdout
+    # No service manager answered the unload: said, with the command, and exit 1 (it may still be loaded).
+    assert removed.returncode == 1 and "systemctl --user disable --now llmctl.service" in removed.stderr
     after = llmctl("service", "status", "--platform", "linux", cwd=tmp_path, env={"HOME": str(home)})
     assert after.returncode == 1 and "not installed" in after.stdout
 
@@ -222,9 +225,10 @@ def test_service_install_where_no_service_manager_answers_writes_the_file_and_sa
     home = tmp_path / "home"
     env = {"HOME": str(home), "DBUS_SESSION_BUS_ADDRESS": "unix:path=/nonexistent", "XDG_RUNTIME_DIR": "/nonexistent"}
     result = llmctl("service", "install", "--platform", "linux", cwd=tmp_path, env=env)
-    assert result.returncode == 0, result.stderr
+    assert result.returncode == 1, result.stderr  # asked to load it, and it is not loaded
     assert (home / ".config" / "systemd" / "user" / "llmctl.service").is_file()
     assert "not loaded" in result.stderr and "systemctl --user enable --now llmctl.service" in result.stdout
+    assert "Traceback" not in result.stderr
 
 
 @pytest.mark.parametrize(
@@ -242,3 +246,29 @@ def test_bad_input_to_the_new_commands_is_one_line_and_exit_2(tmp_path, argv):
     result = llmctl(*argv, cwd=tmp_path, env={"HOME": str(tmp_path / "home")})
     assert result.returncode == 2, result.stderr
     assert result.stderr.count("\n") == 1 and result.stderr.startswith("llmctl: error: ")
+
+
+def test_export_says_what_it_leaves_out(tmp_path, gguf_model):
+    """The gateway, start on demand with its ttl, an external server: not in a Deployment or a compose
+    service, so said on stderr (stdout stays a clean manifest) and as comments in the file."""
+    text = (
+        f"gateway: {{port: {free_port()}}}\ninstances:\n"
+        f"  - {{name: chat, backend: llama.cpp, model: {gguf_model}, port: {free_port()}, on_demand: true, ttl: 600}}\n"
+        f"  - {{name: desk, backend: external, kind: llama.cpp, url: 'http://127.0.0.1:{free_port()}'}}\n"
+    )
+    write_config(tmp_path, text)
+    for kind in ("kubernetes", "compose"):
+        result = llmctl("export", kind, cwd=tmp_path)
+        assert result.returncode == 0, result.stderr
+        notes = result.stderr.splitlines()
+        assert any(line.startswith("llmctl: note: the gateway") for line in notes), notes
+        assert any("chat: on_demand, ttl 600s is not exported" in line for line in notes), notes
+        assert any("desk: an external server" in line for line in notes), notes
+        assert "# Left out: the gateway" in result.stdout and "# Left out: chat: on_demand" in result.stdout
+        assert list(yaml.safe_load_all(result.stdout))  # still one valid YAML stream
+
+
+def test_export_of_a_plain_config_says_nothing_on_stderr(tmp_path, gguf_model):
+    write_config(tmp_path, f"instances:\n  - {{name: chat, backend: llama.cpp, model: {gguf_model}, port: 9000}}\n")
+    result = llmctl("export", "compose", cwd=tmp_path)
+    assert result.returncode == 0 and result.stderr == "" and "Left out" not in result.stdout

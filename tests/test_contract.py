@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import socket
 import subprocess
-import time
 
 import pytest
 
@@ -110,14 +109,12 @@ def test_wait_returns_when_settled_or_at_its_timeout(tmp_path, state_dir):
     )
     assert llmctl("wait", "slow", cwd=tmp_path).returncode == 3  # no supervisor: nothing to wait for
     assert llmctl("up", "--no-wait", cwd=tmp_path).returncode == 0
-    started = time.monotonic()
-    result = llmctl("wait", "slow", "--json", cwd=tmp_path)
-    assert result.returncode == 0 and 0.5 < time.monotonic() - started < 5
+    result = llmctl("wait", "slow", "--json", cwd=tmp_path, timeout=60)
+    assert result.returncode == 0  # it waited: the answer is the settled state, not "starting"
     assert json.loads(result.stdout)["instances"][0]["state"] == "healthy"
-    started = time.monotonic()
-    result = llmctl("wait", "stuck", "--timeout", "0.5", cwd=tmp_path)
+    result = llmctl("wait", "stuck", "--timeout", "0.5", cwd=tmp_path, timeout=60)  # a hang guard only
     assert result.returncode == 1 and "timed out after 0.5s waiting for stuck" in result.stderr
-    assert time.monotonic() - started < 3
+    assert by_name(status_json(cwd=tmp_path))["stuck"]["state"] == "starting"  # it gave up waiting, not the start
     assert llmctl("wait", "nope", cwd=tmp_path).returncode == 2
 
 

@@ -197,3 +197,43 @@ def test_a_supervisor_config_is_used_outside_its_folder(tmp_path, state_dir):
     restarted = llmctl("restart", "fake", cwd=elsewhere)
     assert restarted.returncode == 0, restarted.stderr
     assert by_name(status_json(cwd=elsewhere))["fake"]["restarts"] == 1
+
+
+def test_init_also_finds_a_model_in_the_current_folder(tmp_path, state_dir, gguf_model):
+    """A newcomer downloads a GGUF into the folder they work in and runs `llmctl init` there."""
+    home = tmp_path / "home"
+    home.mkdir()
+    work = tmp_path / "project"
+    (work / "weights").mkdir(parents=True)
+    shutil.copy(gguf_model, work / "weights" / "here.Q4.gguf")
+    result = llmctl("init", cwd=work, env={"HOME": str(home), "HF_HOME": ""})
+    assert result.returncode == 0, result.stderr
+    text = (work / "instances.yaml").read_text()
+    assert "# found in the current folder" in text and str(work / "weights" / "here.Q4.gguf") in text
+    check = llmctl("check", cwd=work, env={"HOME": str(home), "HF_HOME": ""})
+    assert check.returncode == 0 and "here-q4" in check.stdout, check.stderr
+
+
+def test_doctor_notices_the_running_supervisor_serves_another_config(tmp_path, state_dir):
+    from .helpers import command_instance
+
+    served, other = tmp_path / "served", tmp_path / "other"
+    served.mkdir()
+    other.mkdir()
+    served_file = write_config(served, "instances:" + command_instance("a", free_port()))
+    write_config(other, "instances:" + command_instance("b", free_port()))
+    assert llmctl("up", cwd=served).returncode == 0
+    try:
+        code, report = doctor(other)
+        assert code == 1
+        clash = problems(report)["supervisor"][0]
+        assert f"serves {served_file}, not this file (a running)" in clash["message"]
+        assert f"llmctl -f {served_file} doctor" in clash["fix"]
+        same_code, same = doctor(served)
+        assert same_code == 0 and "supervisor" not in problems(same)  # the file it serves: nothing to say
+        assert llmctl("down", "a", cwd=served).returncode == 0
+        code, report = doctor(other)  # the supervisor still runs, with nothing running: a warning only
+        warned = [f for f in report["findings"] if f["check"] == "supervisor" and f["status"] == "warning"]
+        assert code == 0 and warned and f"serves {served_file}, not this file" in warned[0]["message"]
+    finally:
+        assert llmctl("down", cwd=served).returncode == 0

@@ -149,7 +149,10 @@ def test_foreign_hosts_origins_and_content_types_start_nothing_and_evict_nothing
         "null",
         "http://app.example:3001",
         "http://app.example:3000.evil.example",
-        f"http://127.0.0.1:{port_of(gateway)}",
+        # The gateway's own origin is its dashboard's (/ui) and is served; another port is another origin,
+        # and the page's origin must be the very Host the request names.
+        f"http://127.0.0.1:{port_of(gateway) + 1}",
+        f"http://localhost:{port_of(gateway)}",
     ):
         refusals.append((403, "forbidden_origin", {**json_type, "Origin": origin}))
     for kind in (

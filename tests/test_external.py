@@ -105,11 +105,9 @@ def test_a_dead_external_server_is_unhealthy_never_restarted_and_recovers(tmp_pa
 
 def test_attaching_to_nothing_fails_up_with_the_fix(tmp_path, state_dir):
     write_config(tmp_path, "instances:" + external_entry("lmstudio", free_port()))
-    started = time.monotonic()
-    result = llmctl("up", cwd=tmp_path)
+    result = llmctl("up", cwd=tmp_path, timeout=120)  # a hang guard below start_timeout (300 s), not a figure
     assert result.returncode == 1
     assert "nothing answers at" in result.stderr and "its own app" in result.stderr
-    assert time.monotonic() - started < 20
 
 
 def test_external_survives_a_supervisor_crash_without_being_adopted_as_ours(tmp_path, state_dir, outside_server):
@@ -156,8 +154,7 @@ def test_down_while_still_attaching_detaches_cleanly(tmp_path, state_dir):
     port = free_port()
     write_config(
         tmp_path,
-        "instances:"
-        + external_entry("later", port).replace("start_timeout: 3", "start_timeout: 60"),
+        "instances:" + external_entry("later", port).replace("start_timeout: 3", "start_timeout: 60"),
     )
     assert llmctl("up", "--no-wait", cwd=tmp_path).returncode == 0
     assert by_name(status_json(cwd=tmp_path))["later"]["state"] == "starting"

@@ -75,3 +75,16 @@ def test_the_supervisor_never_loads_the_data_plane():
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"
+
+
+def test_help_imports_only_the_cli_libraries():
+    """`llmctl --help` must stay well under 0.5 s (bench/run.py's help_time measures it): it loads
+    Typer and Rich to print, and none of the libraries only the commands need."""
+    code = (
+        "import sys\nsys.argv = ['llmctl', '--help']\nfrom llmctl.__main__ import main\n"
+        "try:\n    main()\nexcept SystemExit:\n    pass\n"
+        "heavy = ('pydantic', 'yaml', 'httpx', 'numpy', 'aiohttp', 'psutil', 'llmctl.config.schema')\n"
+        "print(' '.join(sorted(m for m in heavy if m in sys.modules)), file=sys.stderr)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert "Usage" in result.stdout and result.stderr.strip() == ""

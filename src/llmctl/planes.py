@@ -26,6 +26,13 @@ Gateway -> supervisor (each line has an "op"):
         starts it if it is on demand (stopping others to make room), waits for a stop in progress to
         end and starts it again, and answers with a `reply` once it is healthy or can never be.
     {"op": "cancel", "id": N}          the client of an `acquire` went away before the reply
+    {"op": "keep_alive", "instance": NAME, "seconds": F}
+        A request's keep_alive (Ollama's semantics): 0 is `stop` below; a negative value keeps an on-demand
+        instance loaded with no ttl, a positive one sets its ttl, counted from now, until its next start.
+        A pinned instance ignores it (its log says so).
+    {"op": "lifecycle", "id": N, "instance": NAME, "action": "start" | "stop"}
+        Start (through admission, for an on-demand one) or stop an instance for the gateway's HTTP
+        endpoints; answered by a `reply` with `"state"` once the runner took it on, or an Admission error.
     {"op": "begin", "id": N, "instance": NAME}
         A request is going straight to a healthy instance: it counts as in flight from now on.
     {"op": "end", "id": N, "status": S, "seconds": F}
@@ -44,7 +51,7 @@ Route (the gateway's view of one instance):
     {"name": str, "aliases": [str], "url": "http://127.0.0.1:8081", "upstream_model": str | null,
      "backend": str, "state": "healthy" | ..., "on_demand": bool, "parallel": int,
      "upstream_api_key": str | null, "usage": {"in_flight", "queued", "starts", "evictions",
-     "load_seconds", "requests", "last_used_s"}}
+     "load_seconds", "requests", "last_used_s"}, "model": str | null (the spec's model: a path or a name)}
 """
 
 from __future__ import annotations
@@ -104,6 +111,7 @@ class Route:
     parallel: int = 1
     upstream_api_key: str | None = None
     usage: dict[str, Any] = field(default_factory=dict)
+    model: str | None = None  # the spec's model: a file or folder path, or a name the server knows
 
     @property
     def serving(self) -> bool:
@@ -121,6 +129,7 @@ class Route:
             "parallel": self.parallel,
             "upstream_api_key": self.upstream_api_key,
             "usage": self.usage,
+            "model": self.model,
         }
 
     @classmethod
@@ -138,6 +147,7 @@ class Route:
                 parallel=max(1, int(data.get("parallel") or 1)),
                 upstream_api_key=data.get("upstream_api_key"),
                 usage=dict(data.get("usage") or {}),
+                model=None if data.get("model") is None else str(data["model"]),
             )
         except (KeyError, TypeError, ValueError):
             raise ChannelError(f"not a route: {data!r}"[:200]) from None

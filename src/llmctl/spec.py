@@ -113,6 +113,7 @@ class GatewaySpec:
     read_timeout: float = 600.0
     pool_max: int = 64
     pool_wait: float = 30.0
+    ollama_port: int | None = None  # a second listener answering Ollama's API only
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "cors_origins", tuple(self.cors_origins))

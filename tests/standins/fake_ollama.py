@@ -6,7 +6,9 @@ llmctl uses, because Ollama's binary cannot be installed on the machines llmctl 
 
 Endpoints, shaped as Ollama's server/routes.go answers them: GET / ("Ollama is running"),
 GET /api/version, GET /api/tags, GET /api/ps, POST /api/pull (stream false), POST /api/generate (no prompt: load the model, answer
-done_reason "load"; unknown model: 404), POST /v1/chat/completions. Like Ollama, a loaded model
+done_reason "load"; unknown model: 404), POST /api/chat and /api/embed (they echo the request they got, so a
+test sees what a front sent on: the chat's content is the request as JSON, streamed as NDJSON unless
+`stream` is false), POST /v1/chat/completions. Like Ollama, a loaded model
 lives in a runner child process (here a sleeping Python process holding some memory), in the same
 process group as the server.
 """
@@ -77,11 +79,43 @@ class Handler(http.server.BaseHTTPRequestHandler):
             self._send(200, {"model": model, "response": "", "done": True, "done_reason": "load"})
         elif self.path == "/api/pull":
             self._pull(canonical(str(request.get("model", ""))))
+        elif self.path == "/api/chat":
+            self._chat(request)
+        elif self.path == "/api/embed":
+            self._send(200, {"model": request.get("model"), "embeddings": [[1.0, 0.0]], "prompt_eval_count": 1})
         elif self.path == "/v1/chat/completions":
             message = {"role": "assistant", "content": "stand-in reply"}
             self._send(200, {"object": "chat.completion", "choices": [{"index": 0, "message": message}]})
         else:
             self._send(404, {"error": "not found"})
+
+    def _chat(self, request: dict) -> None:
+        model = str(request.get("model", ""))
+        if canonical(model) not in KNOWN_MODELS:
+            self._send(404, {"error": f"model '{model}' not found"})
+            return
+        done = {
+            "model": model,
+            "created_at": "2026-01-01T00:00:00Z",
+            "done": True,
+            "done_reason": "stop",
+            "eval_count": 1,
+            "prompt_eval_count": 1,
+        }
+        echo = json.dumps(request, sort_keys=True)
+        if request.get("stream") is False:
+            self._send(200, {**done, "message": {"role": "assistant", "content": echo}})
+            return
+        lines = [
+            {
+                "model": model,
+                "created_at": "2026-01-01T00:00:00Z",
+                "message": {"role": "assistant", "content": echo},
+                "done": False,
+            },
+            {**done, "message": {"role": "assistant", "content": ""}},
+        ]
+        self._send(200, "".join(json.dumps(line) + "\n" for line in lines), "application/x-ndjson")
 
     def _pull(self, model: str) -> None:
         if model not in PULLABLE:

@@ -12,6 +12,12 @@ It speaks llama-server's readiness protocol (GET /health: 200 ok) and answers PO
     silent      sends the status line and one event, then nothing more (an upstream gone silent)
     drop        reads the request, then closes the connection without a byte of answer
     crash       reads the request, then SIGKILL to this very process before answering (a poison request)
+    gated       a streamed chat completion: "Hello" at once, then nothing until the file --gate-file exists,
+                then " world", finish_reason "stop", usage when asked (stream_options), [DONE]: a test
+                sees what reached its client while the upstream was still generating, with no clock
+
+Without a `mode` field, a `model` of "mode-NAME" picks mode NAME (a translated request carries only the
+fields its API defines; the instance's `model` setting names the mode then).
 
 Every answer carries headers the gateway must never pass on: the upstream's own Access-Control-*
 (a wildcard origin and credentials, as mlx_lm.server and llama-server send them), Set-Cookie,
@@ -50,6 +56,7 @@ def main() -> int:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--idle-close", type=float, default=0.3, help="close a kept-alive connection after this")
     parser.add_argument("--key", default=None)
+    parser.add_argument("--gate-file", default=None, help="mode gated: finish once this file exists")
     args = parser.parse_args()
 
     class Handler(http.server.BaseHTTPRequestHandler):
@@ -66,7 +73,8 @@ def main() -> int:
                 self._json(401, {"error": {"message": "Invalid API Key", "type": "authentication_error"}})
                 return
             payload = json.loads(raw or b"{}")
-            mode = payload.get("mode", "echo")
+            model = str(payload.get("model") or "")
+            mode = payload.get("mode") or (model[5:] if model.startswith("mode-") else "echo")
             print(f"got a request: mode={mode}", flush=True)
             if mode == "echo":
                 self._json(200, {"headers": dict(self.headers.items()), "body": payload, "path": self.path})
@@ -79,6 +87,8 @@ def main() -> int:
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
                 self.wfile.write(body)
+            elif mode == "gated":
+                self._gated(bool((payload.get("stream_options") or {}).get("include_usage")))
             elif mode in ("stream", "die", "silent"):
                 self._stream(mode, int(payload.get("n_events", 3)))
             elif mode == "die_plain":
@@ -116,6 +126,25 @@ def main() -> int:
                 os.kill(os.getpid(), signal.SIGKILL)  # kill -9 of the upstream while the answer streams
             if mode == "silent":
                 time.sleep(3600)
+            self._chunk(b"data: [DONE]\n\n")
+            self._chunk(b"")
+
+        def _gated(self, usage: bool) -> None:
+            self.send_response(200)
+            self.send_header("Content-Type", "text/event-stream")
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+
+            def event(data: dict) -> None:
+                self._chunk(b"data: " + json.dumps({"object": "chat.completion.chunk", **data}).encode() + b"\n\n")
+
+            event({"choices": [{"index": 0, "delta": {"role": "assistant", "content": "Hello"}}]})
+            while not (args.gate_file and os.path.exists(args.gate_file)):
+                time.sleep(0.02)
+            event({"choices": [{"index": 0, "delta": {"content": " world"}}]})
+            event({"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
+            if usage:
+                event({"choices": [], "usage": {"prompt_tokens": 5, "completion_tokens": 2, "total_tokens": 7}})
             self._chunk(b"data: [DONE]\n\n")
             self._chunk(b"")
 

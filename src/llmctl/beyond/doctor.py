@@ -51,6 +51,7 @@ def diagnose(config_path: Path, paths: StatePaths, load: Any) -> list[Finding]:
         fix = "edit the file (`llmctl check` lists every problem), or write a starter one with `llmctl init`"
         return [*(Finding("config", "", PROBLEM, line, fix) for line in exc.problems), *findings]
     findings.insert(0, Finding("config", config.path, OK, f"{len(config.instances)} instances, valid"))
+    findings += _served_config(config, running)
     findings += _programs(config)
     findings += _ports(config, running)
     findings += [finding for spec in config.instances for finding in _model(spec)]
@@ -256,6 +257,28 @@ def _state_folder(paths: StatePaths) -> list[Finding]:
         else:
             findings.append(Finding("state_dir", str(folder), OK, f"yours, mode {stat.S_IMODE(info.st_mode):o}"))
     return findings
+
+
+def _served_config(config: Config, running: dict[str, Any]) -> list[Finding]:
+    """The running supervisor serves another config file than the one checked (its status document's
+    supervisor.config): what doctor says of ports and memory is then not what runs. A problem while
+    that file's servers run (`up` with this one would be refused), a warning otherwise."""
+    served = (running.get("supervisor") or {}).get("config")
+    if not isinstance(served, str) or not served or _same_file(served, config.path):
+        return []
+    live = [instance["name"] for instance in running.get("instances", []) if instance.get("pid")]
+    message = f"the running supervisor serves {served}, not this file" + (
+        f" ({', '.join(live)} running)" if live else ""
+    )
+    fix = f"check that file with `llmctl -f {served} doctor`, or `llmctl down` before `llmctl up` with this one"
+    return [Finding("supervisor", config.path, PROBLEM if live else WARNING, message, fix)]
+
+
+def _same_file(one: str, other: str) -> bool:
+    try:
+        return os.path.samefile(one, other)
+    except OSError:
+        return os.path.realpath(one) == os.path.realpath(other)
 
 
 def _supervisor(paths: StatePaths) -> tuple[list[Finding], dict[str, Any]]:

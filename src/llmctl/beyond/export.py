@@ -241,12 +241,35 @@ class _PlainDumper(yaml.SafeDumper):
 # -- writing -------------------------------------------------------------------------------
 
 
+def left_out(config: Config) -> list[str]:
+    """What of `config` the exports do not carry, one sentence each: the gateway, start on demand and
+    its ttl (a Deployment or a compose service always runs), memory budgets, external servers. The
+    CLI says these on stderr and each exported file repeats them as comments, so nothing is dropped
+    silently."""
+    notes = []
+    if config.gateway is not None:
+        notes.append(
+            f"the gateway (port {config.gateway.port}) is not exported: clients reach each instance's own service"
+        )
+    for spec in config.instances:
+        if spec.external:
+            notes.append(f"{spec.name}: an external server, not llmctl's to run: not exported")
+        elif spec.on_demand:
+            ttl = f", ttl {spec.ttl:g}s" if spec.ttl else ""
+            notes.append(f"{spec.name}: on_demand{ttl} is not exported: the exported server runs all the time")
+    if config.memory_budget is not None or config.gpu_memory_budget is not None:
+        notes.append("memory_budget / gpu_memory_budget are not exported (per-instance limits are)")
+    return notes
+
+
 def render(kind: str, config: Config, images: dict[str, str] | None = None) -> dict[str, str]:
-    """{file name: text} for the export `kind`."""
+    """{file name: text} for the export `kind`; what the export leaves out (`left_out`) is listed in
+    the header's comments."""
     header = (
         f"# Exported by `llmctl export {kind}` from {config.path}.\n"
         "# REPLACE-ME marks what the config cannot say (an image, where the models are): supply it.\n"
     )
+    header += "".join(f"# Left out: {note}.\n" for note in left_out(config))
     if kind == "kubernetes":
         documents = kubernetes(config, images)
         return {"llmctl.k8s.yaml": header + yaml.dump_all(documents, Dumper=_PlainDumper, sort_keys=False)}

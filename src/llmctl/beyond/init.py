@@ -1,8 +1,9 @@
 """`llmctl init`: a commented starter instances.yaml from what this machine already has.
 
 It looks for the servers (llama-server, mlx_lm.server, ollama) and for models where people keep
-them: GGUF files under ~/models, the Hugging Face cache and LM Studio's models folder; MLX models
-in the Hugging Face cache; Ollama's pulled models. Each becomes an instance on a free port.
+them: GGUF files and MLX model folders in the current folder (where a newcomer just downloaded one),
+under ~/models, the Hugging Face cache and LM Studio's models folder; MLX models in the Hugging Face
+cache; Ollama's pulled models. Each becomes an instance on a free port.
 """
 
 from __future__ import annotations
@@ -40,10 +41,11 @@ class Discovery:
     models: list[FoundModel] = field(default_factory=list)
 
 
-def model_folders(home: Path, env: dict[str, str]) -> list[tuple[str, Path]]:
-    """(label, folder) pairs where GGUF and MLX models usually live."""
+def model_folders(home: Path, env: dict[str, str], cwd: Path | None = None) -> list[tuple[str, Path]]:
+    """(label, folder) pairs where GGUF and MLX models usually live, the current folder `cwd` first."""
     hf_home = Path(env["HF_HOME"]).expanduser() if env.get("HF_HOME") else home / ".cache" / "huggingface"
     return [
+        *([("the current folder", cwd)] if cwd is not None else []),
         ("~/models", home / "models"),
         ("the Hugging Face cache", hf_home / "hub"),
         ("LM Studio", home / ".lmstudio" / "models"),
@@ -51,8 +53,11 @@ def model_folders(home: Path, env: dict[str, str]) -> list[tuple[str, Path]]:
     ]
 
 
-def discover(home: Path | None = None, env: dict[str, str] | None = None) -> Discovery:
+def discover(home: Path | None = None, env: dict[str, str] | None = None, cwd: Path | None = None) -> Discovery:
+    """The servers installed and the models found (`cwd`: the current folder unless given); a model
+    found in two places (a link, the current folder inside ~/models) is listed once."""
     home = home or Path.home()
+    cwd = Path.cwd() if cwd is None else cwd
     env = dict(os.environ if env is None else env)
     found = Discovery()
     for name in ("llama.cpp", "mlx", "ollama"):
@@ -61,7 +66,7 @@ def discover(home: Path | None = None, env: dict[str, str] | None = None) -> Dis
         except BinaryNotFound:
             found.programs[name] = None
     seen: set[str] = set()
-    for label, folder in model_folders(home, env):
+    for label, folder in model_folders(home, env, cwd):
         for model in _models_in(folder, label):
             key = model.model if model.backend == "mlx" else os.path.realpath(model.model)
             if key not in seen:
@@ -157,8 +162,8 @@ def render(found: Discovery, host: str = "127.0.0.1") -> str:
     chosen, rest = usable[:MAX_INSTANCES], usable[MAX_INSTANCES:]
     if not chosen:
         lines += [
-            "# No model was found in ~/models, the Hugging Face cache, LM Studio's folder or Ollama's",
-            "# library (or no server to run it). An instance looks like this:",
+            "# No model was found in the current folder, ~/models, the Hugging Face cache, LM Studio's",
+            "# folder or Ollama's library (or no server to run it). An instance looks like this:",
             "#",
             "#  - name: chat",
             "#    backend: llama.cpp          # or mlx, ollama, command",

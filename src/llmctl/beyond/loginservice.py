@@ -148,15 +148,39 @@ def install(target: Plan, start: bool) -> list[str]:
     return _run(target.load) if start else []
 
 
-def uninstall(target: Plan) -> tuple[bool, list[str]]:
-    """Unload (if loaded) and remove; (whether a file was there, the commands run)."""
-    existed = target.path.exists()
-    ran = _run(target.unload, check=False) if existed else []
-    if existed:
+# launchctl bootout of an agent that is not loaded (written with --no-start): nothing to unload.
+NOT_LOADED_SIGNS = ("No such process", "Could not find specified service")
+
+
+def uninstall(target: Plan) -> tuple[bool, list[str], list[str]]:
+    """Unload (if loaded) and remove: (whether a file was there, the commands run, what failed, one
+    line each: a service manager that refused or did not answer leaves the service loaded)."""
+    if not target.path.exists():
+        return False, [], []
+    ran, failed = _run_each(target.unload)
+    try:
         target.path.unlink()
-    if target.platform == "linux" and existed:
-        ran += _run([["systemctl", "--user", "daemon-reload"]], check=False)
-    return existed, ran
+    except OSError as exc:
+        failed.append(f"cannot remove {target.path}: {exc.strerror or exc}")
+    if target.platform == "linux" and not failed:
+        more_ran, more_failed = _run_each([["systemctl", "--user", "daemon-reload"]])
+        ran, failed = ran + more_ran, failed + more_failed
+    return True, ran, failed
+
+
+def _run_each(commands: list[list[str]]) -> tuple[list[str], list[str]]:
+    """Run every command whatever the one before did: (those that ran, why each failed one failed)."""
+    ran: list[str] = []
+    failed: list[str] = []
+    for command in commands:
+        try:
+            ran += _run([command])
+        except ServiceError as exc:
+            if any(sign in str(exc) for sign in NOT_LOADED_SIGNS):
+                ran.append(shlex.join(command))
+                continue
+            failed.append(str(exc))
+    return ran, failed
 
 
 def status(target: Plan) -> tuple[bool, str]:

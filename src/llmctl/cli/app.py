@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 
-from llmctl.cli import render
+from llmctl.cli import activity, benchcmd, render
 from llmctl.cli.report import report_error, report_settled
 from llmctl.control import service, statusdoc
 from llmctl.control.state import find_config_path
@@ -160,15 +160,21 @@ def _run_foreground(paths: StatePaths, config: Config, names: list[str], force: 
     )
 
     async def supervise(supervisor: Any) -> None:
+        from llmctl.backends import backend_for
         from llmctl.logs.files import Tail
 
         specs = config.select(names)
         tail = Tail({spec.name: paths.log_file(spec.name) for spec in specs})
+        noise = {spec.name: backend_for(spec.backend).is_probe_noise for spec in specs}  # hidden, as `logs` does
+
+        def shown() -> list[tuple[str, str]]:
+            return [(name, line) for name, line in tail.read() if not noise[name](line)]
+
         await supervisor.up(config, names, force=force)
         if not sys.stdout.isatty():  # a pipe or a file: the logs, as `docker compose up` prints them
             emit = render.log_emitter(sys.stdout, [spec.name for spec in specs], prefix=True, raw=False)
             while True:
-                for name, line in tail.read():
+                for name, line in shown():
                     emit(name, line)
                 sys.stdout.flush()
                 await asyncio.sleep(0.25)
@@ -177,7 +183,7 @@ def _run_foreground(paths: StatePaths, config: Config, names: list[str], force: 
         console = _stdout_console()
         with Live(console=console, refresh_per_second=4) as live:  # logs scroll above, the table stays below
             while True:
-                for name, line in tail.read():
+                for name, line in shown():
                     live.console.print(render.log_text(name, line, [spec.name for spec in specs]))
                 live.update(render.rich_table(supervisor.status(), console.width))
                 await asyncio.sleep(0.25)
@@ -204,7 +210,9 @@ def status(
     config_path = _config_path(file)
     wanted = list(names or [])
     if not watch:
-        render.write_status(service.status(paths, config_path, wanted), as_json=json_output)
+        document = service.status(paths, config_path, wanted)
+        render.write_status(document, as_json=json_output)
+        _exit_on_state_error(document)
         return
     import time
 
@@ -224,6 +232,16 @@ def status(
             time.sleep(interval)
     except KeyboardInterrupt:
         raise typer.Exit(0) from None
+
+
+def _exit_on_state_error(document: dict[str, Any]) -> None:
+    """A state folder the supervisor cannot write (a full disk, a changed mode): after the status, one
+    line on stderr with the path and the reason, and exit 3 (the document carries it as
+    supervisor.state_error)."""
+    error = (document.get("supervisor") or {}).get("state_error")
+    if error:
+        _stderr(f"llmctl: error: {error}")
+        raise typer.Exit(SupervisorError.exit_code)
 
 
 LINES_HELP = "How many of the last lines to show (default: 50; with --since, all)."
@@ -351,8 +369,13 @@ def env(file: FileOption = None) -> None:
 
 
 @app.command()
-def check(file: FileOption = None) -> None:
-    """Validate the config file without starting anything; every problem is listed."""
+def check(file: FileOption = None, json_output: JsonOption = False) -> None:
+    """Validate the config file without starting anything; every problem is listed, each with file:line
+    (exit 2 when there is any). --json: {"ok", "path", "instances", "problems": [{"file", "line",
+    "message"}], "warnings"} on stdout."""
+    if json_output:
+        _check_json(_config_path(file))
+        return
     try:
         config = _config(file)
     except ConfigError as exc:
@@ -364,6 +387,27 @@ def check(file: FileOption = None) -> None:
     count = len(config.instances)
     listed = f"{count} instance{'' if count == 1 else 's'}: {', '.join(config.names)}" if count else "no instances"
     print(f"{config.path}: ok ({listed})")
+
+
+def _check_json(path: Path) -> None:
+    """`check --json`: the verdict as one JSON document on stdout; exit 2 when any problem was found."""
+    import json
+    import re
+
+    try:
+        config = service.load_config(path)
+    except ConfigError as exc:
+        problems = []
+        for line in exc.problems:  # "FILE:LINE: message" or "FILE: message" (llmctl.config.locate)
+            rest = line.removeprefix(f"{path}:") if line.startswith(f"{path}:") else None
+            where = re.match(r"(\d+): ", rest) if rest is not None else None
+            message = rest[where.end() :] if where else (rest.lstrip() if rest is not None else line)
+            problems.append({"file": str(path), "line": int(where.group(1)) if where else None, "message": message})
+        print(json.dumps({"ok": False, "path": str(path), "instances": [], "problems": problems, "warnings": []}))
+        raise typer.Exit(ConfigError.exit_code) from None
+    warnings = list(service.start_warnings(config))
+    document = {"ok": True, "path": config.path, "instances": list(config.names), "problems": [], "warnings": warnings}
+    print(json.dumps(document))
 
 
 @app.command()
@@ -471,7 +515,10 @@ def export_config(
         if not name or not value:
             raise ConfigError(f"--image {item!r}: give NAME=IMAGE (an instance or backend name)")
         images[name] = value
-    files = export.render(kind, _config(file), images)
+    config = _config(file)
+    files = export.render(kind, config, images)
+    for note in export.left_out(config):  # on stderr: stdout stays a clean manifest to pipe into kubectl
+        _stderr(f"llmctl: note: {note}")
     if out is None:
         for text in files.values():
             sys.stdout.write(text)
@@ -526,9 +573,9 @@ def service_install(
     except loginservice.ManagerUnreachable as exc:
         # Written, not loaded: a machine (a container, an SSH session) with no user service manager.
         print(f"wrote {target.path}")
-        _stderr(f"llmctl: warning: not loaded, no service manager answers here ({exc})")
+        _stderr(f"llmctl: error: not loaded, no service manager answers here ({exc})")
         print("load it in your login session with: " + " && ".join(" ".join(c) for c in target.load))
-        return
+        raise typer.Exit(EXIT_FAILED) from None  # asked to load it and it is not loaded: a script must see that
     print(f"wrote {target.path}")
     for command in ran:
         print(f"ran: {command}")
@@ -543,10 +590,17 @@ def service_uninstall(platform: PlatformOption = None) -> None:
 
     _known_platform(platform)
     target = loginservice.plan(platform or loginservice.current_platform(), Path("/"), StatePaths.default().root)
-    existed, ran = loginservice.uninstall(target)
+    existed, ran, failed = loginservice.uninstall(target)
     for command in ran:
         print(f"ran: {command}")
-    print(f"removed {target.path}" if existed else f"not installed ({target.path} does not exist)")
+    if existed and not target.path.exists():
+        print(f"removed {target.path}")
+    elif not existed:
+        print(f"not installed ({target.path} does not exist)")
+    for reason in failed:  # e.g. the manager did not answer: the service may still be loaded
+        _stderr(f"llmctl: error: {reason}")
+    if failed:
+        raise typer.Exit(EXIT_FAILED)
 
 
 @service_app.command("status")
@@ -559,6 +613,10 @@ def service_status(platform: PlatformOption = None) -> None:
     installed, said = loginservice.status(target)
     print(said)
     raise typer.Exit(0 if installed else EXIT_FAILED)
+
+
+app.command("bench")(benchcmd.bench)  # llmctl.cli.benchcmd: `llmctl bench`
+app.command("activity")(activity.activity)  # llmctl.cli.activity: `llmctl activity`
 
 
 class _Command(typer.core.TyperCommand):

@@ -16,12 +16,10 @@ from __future__ import annotations
 from collections.abc import Iterable
 from pathlib import Path
 
-from pydantic import ValidationError
-
-from llmctl.config.locate import Problem, located, located_lines, summary, validation_lines
-from llmctl.config.prep import FieldProblem, prepare
+from llmctl.config.locate import Problem, every_line, located, summary
+from llmctl.config.prep import prepare
 from llmctl.config.read import read_config
-from llmctl.config.schema import SECTION_MODELS, ConfigModel, DefaultsModel, valid_instances
+from llmctl.config.schema import SECTION_MODELS, ConfigModel, DefaultsModel, validate
 from llmctl.config.yamlsource import LineDict, YamlSyntaxError, load_yaml
 from llmctl.errors import ConfigError
 from llmctl.spec import Config, InstanceSpec
@@ -34,23 +32,18 @@ def load_config(path: Path, check_backends: bool = True) -> Config:
 
 def parse_config(text: str, path: Path, check_backends: bool = True) -> Config:
     """The validated config; `check_backends=False` skips what only a start needs (the model file),
-    for `llmctl doctor`, which reports those itself beside everything else."""
+    for `llmctl doctor`, which reports those itself beside everything else. Any problem is a
+    ConfigError whose `problems` hold every problem of the file, one located line each."""
     document = _parse(text, path)
-    try:
-        prepared = prepare(document, path.parent, DefaultsModel.model_fields)
-        config = ConfigModel.model_validate({**prepared, "path": str(path)}).to_spec()
-    except FieldProblem as exc:
-        raise ConfigError(located_lines(path, document, [(exc.location, str(exc))])[0]) from None
-    except ValidationError as exc:
-        # Every problem at once: the instances that are valid on their own get the backend checks too.
-        beside = _backend_problems(valid_instances(prepared)) if check_backends else []
-        lines = validation_lines(path, document, exc, ConfigModel, SECTION_MODELS, beside)
-        raise ConfigError(summary(lines), lines) from None
-    problems = _backend_problems(enumerate(config.instances)) if check_backends else []
-    if problems:
-        lines = located_lines(path, document, problems)
+    unset: list[Problem] = []
+    prepared = prepare(document, path.parent, DefaultsModel.model_fields, unset)
+    verdict = validate(prepared, str(path))
+    # Every problem at once: the instances that are valid on their own get the backend checks too.
+    beside = verdict.problems + (_backend_problems(verdict.valid) if check_backends else [])
+    if verdict.config is None or beside or unset:
+        lines = every_line(path, document, verdict.error, ConfigModel, SECTION_MODELS, unset, beside)
         raise ConfigError(summary(lines), lines)
-    return config
+    return verdict.config
 
 
 def _parse(text: str, path: Path) -> LineDict:

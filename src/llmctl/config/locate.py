@@ -53,6 +53,26 @@ def validation_lines(
     return lines + [line for line in located_lines(path, document, also) if line not in lines]
 
 
+def every_line(
+    path: Path,
+    document: Any,
+    error: ValidationError | None,
+    root: type[BaseModel],
+    sections: dict[str, type[BaseModel]],
+    first: Sequence[Problem],
+    also: Sequence[Problem],
+) -> list[str]:
+    """Every problem of a file, one located line each: those in `first` (an unset variable, which
+    explains whatever else is wrong at its place), then the schema's verdict, then `also` (clashes,
+    missing model files). A line at the place of one in `first` is left out, as is a repeat."""
+    lines = located_lines(path, document, first)
+    shadowed = tuple(located(path, line_of(document, loc), describe(document, loc, "")) for loc, _ in first)
+    rest = (
+        validation_lines(path, document, error, root, sections, also) if error else located_lines(path, document, also)
+    )
+    return lines + [line for line in rest if line not in lines and not line.startswith(shadowed)]
+
+
 def summary(problems: list[str]) -> str:
     """The first problem, and how many more (`llmctl check` lists them all)."""
     more = len(problems) - 1

@@ -29,20 +29,29 @@ class FieldProblem(Exception):
         self.location = location
 
 
-def prepare(document: LineDict, config_dir: Path, default_keys: Collection[str]) -> dict[str, Any]:
+def prepare(
+    document: LineDict,
+    config_dir: Path,
+    default_keys: Collection[str],
+    problems: list[tuple[tuple[Any, ...], str]] | None = None,
+) -> dict[str, Any]:
     """What the schema validates: variables expanded, then defaults applied (keys outside
-    `default_keys` are left for the schema to report); FieldProblem for an unset variable."""
-    return apply_defaults(expand_variables(document, ()), config_dir, default_keys)
+    `default_keys` are left for the schema to report). An unset variable is a FieldProblem, or, when
+    `problems` is given, a (location, message) appended to it, its `${VAR}` left as written (so the
+    rest of the file is still checked: `llmctl check` lists every problem)."""
+    return apply_defaults(expand_variables(document, (), problems), config_dir, default_keys)
 
 
-def expand_variables(node: Any, location: tuple[Any, ...]) -> Any:
+def expand_variables(
+    node: Any, location: tuple[Any, ...], problems: list[tuple[tuple[Any, ...], str]] | None = None
+) -> Any:
     """`${VAR}` and `${VAR:-default}` from the environment in every string; `$$` is a literal `$`."""
     if isinstance(node, dict):
-        out: Any = LineDict((key, expand_variables(value, (*location, key))) for key, value in node.items())
+        out: Any = LineDict((key, expand_variables(value, (*location, key), problems)) for key, value in node.items())
         out.lines, out.line = node.lines, node.line
         return out
     if isinstance(node, list):
-        return [expand_variables(item, (*location, index)) for index, item in enumerate(node)]
+        return [expand_variables(item, (*location, index), problems) for index, item in enumerate(node)]
     if not isinstance(node, str) or "$" not in node:
         return node
 
@@ -53,9 +62,13 @@ def expand_variables(node: Any, location: tuple[Any, ...]) -> Any:
         value = os.environ.get(name)
         if value is None or (value == "" and default is not None):
             if default is None:
-                raise FieldProblem(
+                problem = FieldProblem(
                     location, f"environment variable ${{{name}}} is not set (or write ${{{name}:-default}})"
                 )
+                if problems is None:
+                    raise problem
+                problems.append((location, str(problem)))
+                return match.group(0)
             return default
         return value
 

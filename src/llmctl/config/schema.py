@@ -15,12 +15,14 @@ from __future__ import annotations
 import re
 import shlex
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from llmctl.config.prep import FieldProblem
 from llmctl.spec import Config, GatewaySpec, InstanceSpec
+
+Problem = tuple[tuple[Any, ...], str]  # (location in the document, message): llmctl.config.locate places it
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 
@@ -253,6 +255,15 @@ class GatewayModel(_Strict):
     read_timeout: Seconds = 600.0  # an upstream silent this long mid-answer gets the client a 504
     pool_max: Annotated[int, Field(ge=1)] = 64  # upstream connections per instance at most
     pool_wait: Seconds = 30.0  # how long a request waits for one of them (then 503 with Retry-After)
+    # A second listener (same host) that answers Ollama's API only, e.g. 11434: apps hard-wired to
+    # Ollama's port need no change. None: Ollama's API is served on `port` only, beside /v1.
+    ollama_port: Annotated[int, Field(ge=1024, le=65535)] | None = None
+
+    @model_validator(mode="after")
+    def _distinct_ports(self) -> GatewayModel:
+        if self.ollama_port is not None and self.ollama_port == self.port:
+            raise ValueError(f"ollama_port must differ from port (both {self.port})")
+        return self
 
     @field_validator("max_body", mode="before")
     @classmethod
@@ -306,38 +317,6 @@ class ConfigModel(_Strict):
                 raise ValueError(f"unknown backend {name!r} (valid: {', '.join(backend_names())})")
         return value
 
-    @model_validator(mode="after")
-    def _unique_names_and_ports(self) -> ConfigModel:
-        seen_names: set[str] = set()
-        seen_ports: dict[int, str] = {}
-        if self.gateway is not None:
-            seen_ports[self.gateway.port] = "the gateway"
-        for index, instance in enumerate(self.instances):
-            if instance.name in seen_names:
-                raise FieldProblem(("instances", index, "name"), f"duplicate name {instance.name!r}")
-            seen_names.add(instance.name)
-            if instance.port in seen_ports:
-                raise FieldProblem(
-                    ("instances", index, "port"),
-                    f"port {instance.port} is already used by instance {seen_ports[instance.port]!r}",
-                )
-            seen_ports[instance.port] = instance.name
-        self._unique_aliases(seen_names)
-        return self
-
-    def _unique_aliases(self, names: set[str]) -> None:
-        owners: dict[str, str] = {}
-        for index, instance in enumerate(self.instances):
-            for position, alias in enumerate(instance.aliases):
-                clash = instance.name if alias == instance.name else owners.get(alias)
-                if alias in names and alias != instance.name:
-                    clash = alias
-                if clash is not None:
-                    raise FieldProblem(
-                        ("instances", index, "aliases", position), f"{alias!r} already names instance {clash!r}"
-                    )
-                owners[alias] = instance.name
-
     def to_spec(self) -> Config:
         return Config(
             path=self.path,
@@ -360,19 +339,118 @@ class ConfigModel(_Strict):
         return {"wired_shares": self.mlx_wired_shares} if instance.backend == "mlx" else {}
 
 
+@dataclass(frozen=True)
+class Verdict:
+    """What step 4 found: the config (None when the schema refused it) or the schema's `error`; the
+    instance entries valid on their own as (index, spec), for the backend checks; and the `problems`
+    found across entries (clashes), as (location, message) pairs for llmctl.config.locate."""
+
+    config: Config | None
+    error: ValidationError | None
+    valid: list[tuple[int, InstanceSpec]]
+    problems: list[Problem]
+
+
+def validate(prepared: dict[str, Any], path: str) -> Verdict:
+    """The whole of step 4 in one call, so the pipeline passes through here once, whatever it finds."""
+    try:
+        config = ConfigModel.model_validate({**prepared, "path": path}).to_spec()
+    except ValidationError as exc:
+        valid = valid_instances(prepared)
+        return Verdict(None, exc, valid, clashes(prepared, valid))
+    valid = list(enumerate(config.instances))
+    return Verdict(config, None, valid, clashes(prepared, valid))
+
+
+def clashes(prepared: Any, valid: list[tuple[int, InstanceSpec]]) -> list[Problem]:
+    """Every duplicate name or alias and every port used twice (by two instances, or by an instance
+    and the gateway's port or ollama_port), each at the later entry. `valid` gives the ports of the
+    entries valid on their own (an external server's comes from its url); an invalid entry's own
+    integer `port:` counts too, so one bad field hides no clash."""
+    entries = prepared.get("instances") if isinstance(prepared, Mapping) else None
+    entries = entries if isinstance(entries, list) else []
+    ports = {index: spec.port for index, spec in valid}
+    problems: list[Problem] = []
+    seen_names: set[str] = set()
+    for index, entry in enumerate(entries):
+        name = entry.get("name") if isinstance(entry, Mapping) else None
+        if isinstance(name, str):
+            if name in seen_names:
+                problems.append((("instances", index, "name"), f"duplicate name {name!r}"))
+            seen_names.add(name)
+        raw_port = entry.get("port") if isinstance(entry, Mapping) else None
+        if index not in ports and isinstance(raw_port, int) and not isinstance(raw_port, bool):
+            ports[index] = raw_port
+    problems += _port_clashes(prepared, entries, ports)
+    problems += _alias_clashes(entries, seen_names)
+    return problems
+
+
+def _port_clashes(prepared: Mapping[str, Any], entries: list[Any], ports: dict[int, int]) -> list[Problem]:
+    gateway = prepared.get("gateway")
+    holders: dict[int, str] = {}
+    if isinstance(gateway, Mapping):
+        for key, what in (("port", "the gateway"), ("ollama_port", "the gateway's ollama_port")):
+            value = gateway.get(key)
+            if isinstance(value, int) and not isinstance(value, bool):
+                holders.setdefault(value, what)
+    problems: list[Problem] = []
+    for index in sorted(ports):
+        port, entry = ports[index], entries[index]
+        name = entry.get("name") if isinstance(entry, Mapping) else None
+        if port in holders:
+            location = ("instances", index, "port") if "port" in entry else ("instances", index)
+            problems.append((location, f"port {port} is already used by {holders[port]}"))
+        else:
+            holders[port] = f"instance {name!r}" if isinstance(name, str) else f"instance #{index + 1}"
+    return problems
+
+
+def _alias_clashes(entries: list[Any], names: set[str]) -> list[Problem]:
+    owners: dict[str, str] = {}
+    problems: list[Problem] = []
+    for index, entry in enumerate(entries):
+        name = entry.get("name") if isinstance(entry, Mapping) else None
+        aliases = entry.get("aliases") if isinstance(entry, Mapping) else None
+        for position, alias in enumerate(aliases if isinstance(aliases, list) else []):
+            if not isinstance(alias, str):
+                continue
+            clash = name if alias == name else owners.get(alias)
+            if alias in names and alias != name:
+                clash = alias
+            if clash is not None:
+                message = f"{alias!r} already names instance {clash!r}"
+                problems.append((("instances", index, "aliases", position), message))
+            owners.setdefault(alias, name if isinstance(name, str) else f"#{index + 1}")
+    return problems
+
+
 def valid_instances(prepared: Any) -> list[tuple[int, InstanceSpec]]:
     """(index, spec) of each instance entry that passes the schema on its own, for the checks that
     run beside a failed validation (so `llmctl check` lists every problem at once)."""
     entries = prepared.get("instances") if isinstance(prepared, Mapping) else None
     valid = []
     for index, entry in enumerate(entries if isinstance(entries, list) else []):
-        try:
-            valid.append(
-                (index, InstanceSpec.from_dict(InstanceModel.model_validate(entry).model_dump(exclude={"url"})))
-            )
-        except (ValidationError, ValueError, TypeError):
-            continue
+        spec = _instance_spec(entry)
+        if spec is not None:
+            valid.append((index, spec))
     return valid
+
+
+def _instance_spec(entry: Any) -> InstanceSpec | None:
+    """The spec of one entry; failing that, of the entry without its faulty keys (a misspelt key must
+    not hide that the model file is missing); None when even that is invalid."""
+    for attempt in range(2):
+        try:
+            return InstanceSpec.from_dict(InstanceModel.model_validate(entry).model_dump(exclude={"url"}))
+        except ValidationError as exc:
+            faulty = {error["loc"][0] for error in exc.errors() if error["loc"]}
+            if attempt or not isinstance(entry, Mapping) or not faulty:
+                return None
+            entry = {key: value for key, value in entry.items() if key not in faulty}
+        except (ValueError, TypeError):
+            return None
+    return None
 
 
 def _size(value: Any) -> int:

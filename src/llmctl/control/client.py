@@ -124,6 +124,7 @@ def ensure_supervisor(paths: StatePaths) -> bool:
     if is_running(paths):
         return False
     paths.ensure()
+    _check_writable(paths)
     lock_fd = os.open(paths.spawn_lock, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     with os.fdopen(lock_fd, "r+") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
@@ -131,6 +132,21 @@ def ensure_supervisor(paths: StatePaths) -> bool:
             return False
         _spawn_daemon(paths)
     return True
+
+
+def _check_writable(paths: StatePaths) -> None:
+    """A supervisor must write its state, logs and socket in the folder: on a full disk or a read-only
+    folder it could not even make its socket, and every command would wait for it in vain."""
+    from llmctl.system.files import write_problem
+
+    problem = write_problem(paths.root)
+    if problem is not None:
+        raise SupervisorError(f"cannot start a supervisor: {problem}; {writable_fix(paths)}")
+
+
+def writable_fix(paths: StatePaths) -> str:
+    """What to do about a state folder that cannot be written (one phrase, for an error line)."""
+    return f"free space on its disk or `chmod 700 {paths.root}` (or set $LLMCTL_STATE_DIR to another folder)"
 
 
 def _spawn_daemon(paths: StatePaths) -> None:
@@ -188,3 +204,125 @@ def _last_line(path: Path) -> str:
     except OSError:
         return ""
     return lines[-1] if lines else ""
+
+
+DOWN_GRACE = 10.0  # seconds a supervisor gets beyond its servers' longest stop_timeout to exit after SIGTERM
+
+
+def stop_unreachable(paths: StatePaths, unreachable: SupervisorError) -> dict[str, str]:
+    """`down` of everything when no supervisor can be asked (its folder made unsearchable, a full disk on
+    which none can make its socket, one that no longer answers): by signals, as SIGTERM to the supervisor
+    would (it stops every server, the gateway and the log hub, and exits). A supervisor that does not exit
+    in time is killed, and what state.json and pipes/hub.json record is stopped here: each server's group
+    (SIGTERM, SIGKILL after its stop_timeout), the gateway and the log hub.
+
+    Returns {name: "stopped" | "detached"} for the instances state.json names (none when it cannot be
+    read); raises `unreachable` when neither a supervisor nor anything it recorded runs and the state
+    cannot be read, since then nothing here can tell what runs."""
+    import asyncio
+    import signal
+
+    from llmctl.control import state
+    from llmctl.system.process import ProcessHandle
+
+    saved, warning = state.load(paths.state_file)
+    names = {
+        record.name: "detached" if record.spec.get("backend") == "external" else "stopped"
+        for record in saved.records
+        if record.wanted or record.pid
+    }
+    stop_timeout = max([float(r.spec.get("stop_timeout") or 0) for r in saved.records] + [DOWN_GRACE])
+    supervisor = _supervisor_process(paths)
+    if supervisor is not None:
+        os.kill(supervisor.pid, signal.SIGTERM)
+        if _gone(supervisor, stop_timeout + DOWN_GRACE):
+            return names
+        os.kill(supervisor.pid, signal.SIGKILL)
+        _gone(supervisor, DOWN_GRACE)
+    handles = [
+        (ProcessHandle(record.pid, record.create_time), record.pgid or record.pid, record.spec.get("stop_timeout"))
+        for record in saved.records
+        if record.pid
+    ]
+    if saved.gateway:
+        gateway = saved.gateway
+        gateway_handle = ProcessHandle(gateway["pid"], gateway["create_time"])
+        handles.append((gateway_handle, gateway.get("pgid") or gateway["pid"], DOWN_GRACE))
+    live = [entry for entry in handles if entry[0].is_alive()]
+    hub = _recorded_hub(paths)
+    if supervisor is None and not live and hub is None and warning is not None:
+        raise unreachable
+    asyncio.run(_stop_directly(live, hub))
+    return names
+
+
+def _supervisor_process(paths: StatePaths) -> Any:
+    """The process supervising `paths` (psutil.Process), found by its lock or, when the lock file cannot
+    be read, by its command line (`python -m llmctl.control.daemon --state-dir ROOT`) among this user's."""
+    import psutil
+
+    holder = lock_holder(paths)
+    if holder is not None and holder > 0:
+        try:
+            return psutil.Process(holder)
+        except psutil.Error:
+            return None
+    for candidate in psutil.process_iter(["cmdline", "uids"]):
+        try:
+            cmdline = candidate.info["cmdline"] or []
+            uids = candidate.info["uids"]
+            if uids is not None and uids.real != os.getuid():
+                continue
+            if "llmctl.control.daemon" in cmdline and _state_dir_of(cmdline) == str(paths.root):
+                return candidate
+        except psutil.Error:
+            continue
+    return None
+
+
+def _state_dir_of(cmdline: list[str]) -> str | None:
+    for index, part in enumerate(cmdline[:-1]):
+        if part == "--state-dir":
+            return cmdline[index + 1]
+    return None
+
+
+def _gone(candidate: Any, timeout: float) -> bool:
+    import psutil
+
+    try:
+        candidate.wait(timeout)
+    except psutil.TimeoutExpired:
+        return False
+    except psutil.Error:
+        pass
+    return True
+
+
+def _recorded_hub(paths: StatePaths) -> Any:
+    """The log hub pipes/hub.json names, if it still runs (a ProcessHandle), else None."""
+    from llmctl.system.files import read_regular_file
+    from llmctl.system.process import ProcessHandle
+
+    try:
+        record = json.loads(read_regular_file(paths.pipes / "hub.json", 4096))
+        handle = ProcessHandle(int(record["pid"]), float(record["create_time"]))
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return handle if handle.is_alive() else None
+
+
+async def _stop_directly(live: list[tuple[Any, int, Any]], hub: Any) -> None:
+    """Stop these server groups (SIGTERM, SIGKILL after each one's stop_timeout), then the log hub (after
+    the servers, so it copies their last lines)."""
+    import asyncio
+    import signal
+
+    from llmctl.system import process
+
+    await asyncio.gather(
+        *(process.stop_tree(handle, pgid, float(timeout or DOWN_GRACE)) for handle, pgid, timeout in live)
+    )
+    if hub is not None:
+        process.signal_process(hub, signal.SIGTERM)
+        await process.wait_until_gone(hub, None, timeout=5.0)

@@ -21,6 +21,7 @@ from llmctl.control.supervisor import Supervisor
 from llmctl.errors import SupervisorError
 from llmctl.logs.ownlog import log_to
 from llmctl.paths import StatePaths
+from llmctl.system.files import write_problem
 
 
 async def run_supervisor(
@@ -73,6 +74,16 @@ def main(argv: list[str] | None = None) -> int:
     except SupervisorError as exc:
         logging.getLogger("llmctl").info("%s; exiting", exc)
         return 0
+    except OSError as exc:  # the PID could not be written into the lock file (a full disk)
+        logging.getLogger("llmctl").error("cannot take the supervisor lock: %s; exiting", exc)
+        return 1
+    problem = write_problem(paths.root)
+    if problem is not None:
+        # Before adopting anything: servers a previous supervisor left keep running for the next one,
+        # rather than for one that could not make its socket, and that no command could reach.
+        logging.getLogger("llmctl").error("%s; the supervisor cannot run there, exiting", problem)
+        lock.close()
+        return 1
     try:
         asyncio.run(run_supervisor(paths))
     finally:

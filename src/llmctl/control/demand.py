@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Protocol
@@ -135,6 +136,33 @@ class Demand:
             return
         runner.send("expire", reason)
 
+    def keep_alive(self, runner: Runner, seconds: float) -> None:
+        """A request's keep_alive (Ollama's semantics, shared/OLLAMA-API.md §3): 0 stops the instance once
+        idle, a negative value keeps it loaded with no ttl, a positive one is its ttl, counted from now. Only
+        for on-demand instances; a pinned one ignores it and its log says so. Reset at the next start."""
+        if seconds == 0:
+            self.stop_if_idle(runner, "keep_alive 0")
+            return
+        if not runner.spec.on_demand:
+            runner.note(f"keep_alive {seconds:g} ignored: it is pinned (no on_demand)")
+            return
+        runner.usage.keep_alive = math.inf if seconds < 0 else float(seconds)
+        runner.usage.last_used = time.monotonic()
+        self.fleet.publish(runner)
+
+    async def lifecycle(self, runner: Runner, action: str) -> str:
+        """Start or stop an instance on request (the gateway's HTTP endpoints); returns its state after.
+        A start of an on-demand instance goes through admission (room is made first); a stop stops it even
+        with requests in flight, as `llmctl down NAME` does. Raises AdmissionRefused when it cannot start."""
+        if action == "stop":
+            await runner.request("stop", "stopped over HTTP (POST /llmctl/v1/instances/NAME/stop)")
+        elif runner.spec.on_demand:
+            await self._start(runner)
+        elif runner.state in (State.STOPPED, State.FAILED):
+            await runner.request("start", "started over HTTP (POST /llmctl/v1/instances/NAME/start)", runner.spec)
+        self.fleet.publish(runner)
+        return runner.state.value
+
     def cancelled(self, runner: Runner) -> None:
         """A waiter's client went away (the gateway says so); same as its task being cancelled."""
         self._waiter_left(runner)
@@ -145,6 +173,9 @@ class Demand:
         deadline = time.monotonic() + self._max_wait()
         started_here = False
         while runner.state is not State.HEALTHY:
+            refusal = runner.refusal()  # an external server that is down: nothing will bring it back
+            if refusal is not None:
+                raise refusal
             state = runner.state
             if state in (State.STOPPED, State.FAILED):
                 self._refuse_settled(runner, started_here)
@@ -176,6 +207,7 @@ class Demand:
                 return  # another request started it while this one waited for the lock
             await self._make_room(runner)
             runner.usage.starts += 1
+            runner.usage.keep_alive = None  # a new load uses the configured ttl (Ollama: OLLAMA_KEEP_ALIVE)
             self._loading[runner.name] = time.monotonic()
             await runner.request("start", "a request through the gateway", runner.spec)
         self.fleet.publish(runner)
@@ -313,7 +345,7 @@ class Demand:
             await asyncio.sleep(TTL_TICK)
             now = time.monotonic()
             for runner in list(self.fleet.runners.values()):
-                ttl = runner.spec.ttl
+                ttl = runner.usage.ttl(runner.spec.ttl)
                 if ttl is None or not self.evictable(runner):
                     continue
                 idle_since = max(runner.usage.last_used, runner.state_since)

@@ -12,12 +12,13 @@ from __future__ import annotations
 import asyncio
 import time
 
-from llmctl.backends import NotReady, backend_for
+from llmctl.backends import Backend, NotReady, backend_for
 from llmctl.control.mailbox import Request
 from llmctl.control.runner import Runner
 from llmctl.control.serverprocess import ServerProcess
 from llmctl.control.state import InstanceRecord
 from llmctl.control.states import WANTED_RUNNING, State
+from llmctl.planes import Admission, AdmissionRefused
 from llmctl.system import process
 from llmctl.system.ports import listener_pid
 
@@ -52,23 +53,73 @@ class ExternalRunner(Runner):
         spec = self.spec
         backend = backend_for(spec.backend)
         failures, looked_up = 0, time.monotonic()
-        while True:
-            await self._wait_for(set(), timeout=spec.health.interval)
-            healthy = await backend.is_healthy(spec, self.services.http)
-            failures = 0 if healthy else failures + 1
-            if time.monotonic() - looked_up > FIND_PROCESS_EVERY or (self.server and not self.server.handle.is_alive()):
+        watched: tuple[ServerProcess, asyncio.Future[int | None]] | None = None
+        try:
+            while True:
+                watched = self._watch_exit(watched)
+                done = await self._wait_for({watched[1]} if watched else set(), timeout=spec.health.interval)
+                if watched is not None and watched[1] in done:
+                    self._process_exited(watched[0].pid)
+                    watched = None
+                    continue
+                failures, looked_up = await self._probe(backend, failures, looked_up)
+        finally:
+            if watched is not None:
+                watched[1].cancel()
+
+    def _watch_exit(
+        self, watched: tuple[ServerProcess, asyncio.Future[int | None]] | None
+    ) -> tuple[ServerProcess, asyncio.Future[int | None]] | None:
+        """An exit watch on the server's process, where llmctl sees it (the listener on its port): a pidfd
+        on Linux, kqueue on macOS (llmctl.system.process.wait_for_exit, as for a supervised server), so a
+        death shows at once, not after failure_threshold probes."""
+        if watched is not None and watched[0] is self.server:
+            return watched
+        if watched is not None:
+            watched[1].cancel()
+        if self.server is None:
+            return None
+        return self.server, asyncio.ensure_future(self.server.exited())
+
+    def _process_exited(self, pid: int) -> None:
+        self.server, self.memory = None, None  # no process: no figures, rather than stale ones
+        self.health = "its process exited"
+        if self.state is State.HEALTHY:
+            self._move(State.UNHEALTHY, f"its process (pid {pid}) exited; llmctl does not restart it")
+
+    async def _probe(self, backend: Backend, failures: int, looked_up: float) -> tuple[int, float]:
+        """One health check, and what follows from it: (failures in a row, when the process was looked up)."""
+        spec = self.spec
+        healthy = await backend.is_healthy(spec, self.services.http)
+        failures = 0 if healthy else failures + 1
+        if time.monotonic() - looked_up > FIND_PROCESS_EVERY or (self.server and not self.server.handle.is_alive()):
+            self._find_process()
+            looked_up = time.monotonic()
+        if healthy:
+            self.health = "ok"
+            if self.state is State.UNHEALTHY:
                 self._find_process()
-                looked_up = time.monotonic()
-            if healthy:
-                self.health = "ok"
-                if self.state is State.UNHEALTHY:
-                    self._find_process()
-                    self._move(State.HEALTHY, "answers again" + self._process_note())
-                continue
-            self.health = f"failing ({failures})"
-            if self.state is State.HEALTHY and failures >= spec.health.failure_threshold:
-                # Not ours to restart: shown as unhealthy, watched until it answers again.
-                self._move(State.UNHEALTHY, f"{failures} health checks failed in a row; llmctl does not restart it")
+                self._move(State.HEALTHY, "answers again" + self._process_note())
+            return failures, looked_up
+        self.health = f"failing ({failures})"
+        if self.state is State.HEALTHY and failures >= spec.health.failure_threshold:
+            # Not ours to restart: shown as unhealthy, watched until it answers again.
+            self._move(State.UNHEALTHY, f"{failures} health checks failed in a row; llmctl does not restart it")
+        return failures, looked_up
+
+    def refusal(self) -> AdmissionRefused | None:
+        """A request for a server that is down is refused at once (503): nothing llmctl does will bring
+        it back, so waiting for it (up to the gateway's max_wait) would only hang the client."""
+        if self.state is not State.UNHEALTHY:
+            return None
+        return AdmissionRefused(
+            Admission(
+                503,
+                "instance_down",
+                f"{self.name}: the external server at {self.spec.url} is down ({self.reason}); start it in its own app",
+                5,
+            )
+        )
 
     async def _stop_process(self, reason: str) -> None:
         """Detach: the server runs on, as its own app decides."""

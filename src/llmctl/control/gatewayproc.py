@@ -271,6 +271,7 @@ class GatewayProcess:
             parallel=_parallel(spec),
             upstream_api_key=key,
             usage=runner.usage.to_dict(time.monotonic()),
+            model=spec.model,
         )
 
     def snapshot(self) -> dict[str, Any]:
@@ -344,6 +345,15 @@ class GatewayProcess:
             runner = self.runners.get(str(message.get("instance")))
             if runner is not None:
                 self.demand.stop_if_idle(runner, str(message.get("reason") or "asked by the gateway")[:200])
+        elif op == "keep_alive" and isinstance(message.get("seconds"), (int, float)):
+            runner = self.runners.get(str(message.get("instance")))
+            if runner is not None:
+                self.demand.keep_alive(runner, float(message["seconds"]))
+        elif op == "lifecycle" and isinstance(request_id, int) and message.get("action") in ("start", "stop"):
+            task = asyncio.ensure_future(
+                self._lifecycle(link, request_id, str(message.get("instance")), str(message["action"]))
+            )
+            link.waiting[request_id] = task
         elif op == "cancel" and isinstance(request_id, int):
             waiting = link.waiting.pop(request_id, None)
             if waiting is not None:
@@ -384,6 +394,22 @@ class GatewayProcess:
                 return
             link.open[request_id] = runner
             link.send({"event": "reply", "id": request_id, "ok": True})
+        finally:
+            link.waiting.pop(request_id, None)
+
+    async def _lifecycle(self, link: Link, request_id: int, name: str, action: str) -> None:
+        try:
+            runner = self.runners.get(name)
+            if runner is None:
+                error = {"status": 404, "code": "instance_not_found", "message": f"no instance {name!r}"}
+                link.send({"event": "reply", "id": request_id, "ok": False, "error": error})
+                return
+            try:
+                state = await self.demand.lifecycle(runner, action)
+            except AdmissionRefused as refusal:
+                link.send({"event": "reply", "id": request_id, "ok": False, "error": refusal.admission.to_dict()})
+                return
+            link.send({"event": "reply", "id": request_id, "ok": True, "state": state})
         finally:
             link.waiting.pop(request_id, None)
 

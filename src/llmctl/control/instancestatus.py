@@ -61,11 +61,17 @@ def describe(spec: InstanceSpec, runner: Runner | None, log_path: str) -> dict[s
         # On demand: seconds since its last request ended (null until the gateway first started it), and
         # while healthy with a ttl, the seconds left before it is stopped if it stays idle.
         "idle_s": round(max(0.0, now - usage.last_used), 3) if usage else None,
-        "ttl_left_s": (
-            round(max(0.0, spec.ttl - (now - max(runner.usage.last_used, runner.state_since))), 3)
-            if runner and spec.on_demand and spec.ttl is not None and state is State.HEALTHY
-            else None
-        ),
+        "ttl_left_s": _ttl_left(spec, runner, now),
         "log": log_path,
         "env": redact_env(spec.env),
     }
+
+
+def _ttl_left(spec: InstanceSpec, runner: Runner | None, now: float) -> float | None:
+    """Seconds before ttl stops an idle, healthy on-demand instance (its spec's ttl or a request's keep_alive)."""
+    if runner is None or not spec.on_demand or runner.state is not State.HEALTHY:
+        return None
+    ttl = runner.usage.ttl(spec.ttl)
+    if ttl is None:
+        return None
+    return round(max(0.0, ttl - (now - max(runner.usage.last_used, runner.state_since))), 3)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import os
 import random
 import time
@@ -37,6 +38,7 @@ if TYPE_CHECKING:
     from llmctl.logs.hub import LogHub
     from llmctl.memory.measure import TreeMemory
     from llmctl.paths import StatePaths
+    from llmctl.planes import AdmissionRefused
     from llmctl.spec import InstanceSpec
     from llmctl.system.http import HttpClient
 
@@ -87,6 +89,14 @@ class Usage:
     evictions: int = 0
     load_seconds: float | None = None  # how long the last start on demand took until healthy
     requests: dict[int, int] = field(default_factory=dict)  # by HTTP status the client got
+    # A request's keep_alive (Ollama's semantics) overrides the spec's ttl until the next start:
+    # None = the spec's ttl, math.inf = no ttl (kept loaded), else seconds of idleness.
+    keep_alive: float | None = None
+
+    def ttl(self, spec_ttl: float | None) -> float | None:
+        """The idle seconds after which ttl stops the instance now (None: never)."""
+        ttl = spec_ttl if self.keep_alive is None else self.keep_alive
+        return None if ttl is None or math.isinf(ttl) else ttl
 
     def to_dict(self, now: float) -> dict[str, object]:
         return {
@@ -482,6 +492,11 @@ class Runner:
         return state.InstanceRecord(
             self.name, spec, wanted, handle.pid, handle.create_time, server.pgid, server.started_wall, self.restarts
         )
+
+    def refusal(self) -> AdmissionRefused | None:
+        """Why a request for this instance must be refused at once rather than wait for it to become
+        healthy (None: let it wait). A server llmctl runs comes back by itself; see ExternalRunner."""
+        return None
 
     @property
     def outcome(self) -> str:

@@ -45,6 +45,7 @@ async def serve(supervisor: Supervisor) -> None:
     noticed within a second and made again: without it no command could reach the servers."""
     path = supervisor.paths.socket
     identity = None
+    last_error = None
     while not supervisor.shutdown_requested.is_set():
         if identity is not None and not _still_owner(supervisor):
             log.error("another supervisor took over %s; not making the socket again", supervisor.paths.root)
@@ -53,12 +54,15 @@ async def serve(supervisor: Supervisor) -> None:
         try:
             server, identity = await _listen(supervisor, path)
         except (OSError, LlmctlError) as exc:  # e.g. a folder someone replaced: the servers run on regardless
-            log.error("cannot make the control socket %s: %s; trying again", path, exc)
+            if str(exc) != last_error:  # once, not every second for as long as it lasts
+                log.error("cannot make the control socket %s: %s; trying again every second", path, exc)
+                last_error = str(exc)
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(supervisor.shutdown_requested.wait(), SOCKET_CHECK_EVERY)
             continue
+        last_error = None
         try:
-            while not supervisor.shutdown_requested.is_set() and _identity(path) == identity:
+            while not supervisor.shutdown_requested.is_set() and _identity(path) in (identity, UNKNOWN):
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(supervisor.shutdown_requested.wait(), SOCKET_CHECK_EVERY)
         finally:
@@ -66,7 +70,8 @@ async def serve(supervisor: Supervisor) -> None:
         if not supervisor.shutdown_requested.is_set():
             log.warning("the control socket %s was removed or replaced; making it again", path)
     if identity is not None and _identity(path) == identity:
-        path.unlink()
+        with contextlib.suppress(OSError):  # a folder made read-only: the stale socket is replaced next time
+            path.unlink()
 
 
 def _still_owner(supervisor: Supervisor) -> bool:
@@ -86,11 +91,19 @@ def _still_owner(supervisor: Supervisor) -> bool:
     return True
 
 
+UNKNOWN = (-1, -1)
+
+
 def _identity(path: Path) -> tuple[int, int] | None:
+    """The socket file's (device, inode); None when it is gone; UNKNOWN when it cannot be looked at
+    (a folder made unsearchable, chmod 000): then it is not replaced, clients reach it again as soon
+    as the mode allows, and nothing is torn down meanwhile."""
     try:
         info = os.lstat(path)
-    except OSError:
+    except (FileNotFoundError, NotADirectoryError):
         return None
+    except OSError:
+        return UNKNOWN
     return info.st_dev, info.st_ino
 
 

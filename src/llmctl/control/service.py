@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from llmctl.control import client, state, statusdoc
-from llmctl.errors import ConfigError
+from llmctl.errors import ConfigError, SupervisorError
 from llmctl.paths import StatePaths
 
 if TYPE_CHECKING:
@@ -155,8 +155,13 @@ def down(paths: StatePaths, names: list[str], config_path: Path | None) -> dict[
     A name neither the config nor the supervisor knows is an error (exit 2), whether or not
     anything runs; a known one that is not running is simply not in the answer.
     """
-    running = supervisor_is_needed(paths)
-    instances = client.request(paths, {"op": "status"})["instances"] if running else []
+    try:
+        running = supervisor_is_needed(paths)
+        instances = client.request(paths, {"op": "status"})["instances"] if running else []
+    except SupervisorError as unreachable:  # a folder made unsearchable, a supervisor that cannot answer
+        if names:
+            raise
+        return client.stop_unreachable(paths, unreachable)
     supervised = [i["name"] for i in instances]
     external = {i["name"] for i in instances if i.get("backend") == "external"}
     if names:

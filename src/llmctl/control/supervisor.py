@@ -17,19 +17,21 @@ from typing import TYPE_CHECKING, Any
 from llmctl.backends import safe_estimate, safe_pool_estimate
 from llmctl.control import state, statusdoc
 from llmctl.control.adoption import adopt_recorded
+from llmctl.control.client import writable_fix
 from llmctl.control.demand import Demand
 from llmctl.control.gatewayproc import GatewayProcess
 from llmctl.control.runner import Runner, Services
 from llmctl.control.runners import describe_runner, new_runner
 from llmctl.control.sampler import Sampler
 from llmctl.control.states import PENDING, RUNNING, WANTED_RUNNING, State
-from llmctl.errors import ConfigError
+from llmctl.errors import ConfigError, SupervisorError
 from llmctl.logs.hub import LogHub
 from llmctl.memory.budget import Candidate, check_budget
 from llmctl.memory.measure import IS_MACOS, macos_wired_limit, own_rss, system_summary, total_memory
 from llmctl.memory.pools import HOST_POOL, NVML, add_pools, gpu_budgets, gpu_pool
 from llmctl.memory.wired import share_env, shares_on, system_limit, wired_shares
 from llmctl.spec import Config, GatewaySpec, InstanceSpec
+from llmctl.system.files import write_problem
 from llmctl.system.http import HttpClient
 
 if TYPE_CHECKING:
@@ -67,6 +69,9 @@ class Supervisor:
         self._config_dict: tuple[Config | None, dict[str, Any]] = (None, {})
         self._saved: tuple[Any, ...] | None = None  # what state.json holds now, as last written
         self.gateway_resume: asyncio.Future[None] | None = None  # adoption serving the gateway again
+        # Why the state folder cannot be written: from the last failed save, and from the last look.
+        self._save_problem: str | None = None
+        self._folder_problem: str | None = None
 
     async def __aenter__(self) -> Supervisor:
         self.services.hub.start()
@@ -129,6 +134,7 @@ class Supervisor:
         return self.runners[spec.name]
 
     async def up(self, config: Config, names: list[str], force: bool = False) -> dict[str, Any]:
+        self.refuse_if_unwritable()
         self._load(config)
         selected = config.select(names)
         actions: dict[str, str] = {}
@@ -198,6 +204,7 @@ class Supervisor:
 
     async def restart(self, names: list[str], config: Config | None = None) -> dict[str, Any]:
         """Stop and start again, with the spec from the config when one is given."""
+        self.refuse_if_unwritable()
         if config is not None:
             self._load(config)
             for name in names or config.names:
@@ -242,6 +249,7 @@ class Supervisor:
             "log_hub_pid": self.services.hub.handle.pid if self.services.hub.handle else None,
             "requests": dict(self.requests),
             "warnings": list(self.warnings),
+            "state_error": self.state_error(),
         }
         gateway = self.gateways.status()
         system = {**system_summary(instances, self.memory_budget), "pools": self.pools()}
@@ -338,12 +346,52 @@ class Supervisor:
         writes, not one per state change."""
         records = [record for runner in self.runners.values() if (record := runner.record()) is not None]
         snapshot = (self._settings(), records, self.gateways.record())
-        if snapshot == self._saved and self.paths.state_file.exists():  # gone with its folder: write it again
-            return
         try:
+            if snapshot == self._saved and os.path.lexists(self.paths.state_file):  # gone with its folder: again
+                return
+            # Never raises: it runs inside every runner's state change, and an exception there (EACCES from a
+            # folder made unsearchable) would end the runner's task with its stop unanswered.
             state.save(self.paths.state_file, *snapshot)
         except OSError as exc:
-            # The servers keep running; only adoption after a supervisor crash is at risk.
-            log.error("cannot write state file %s: %s", self.paths.state_file, exc)
+            # The servers keep running; only adoption after a supervisor crash is at risk. Tried again at
+            # the next change, and once the folder can be written again (state_error).
+            self._set_problem("save", f"cannot write {self.paths.state_file}: {exc.strerror or exc}")
             return
         self._saved = snapshot
+        self._set_problem("save", None)
+
+    # -- a state folder that cannot be written (a full disk, a changed mode) --------------------
+
+    def state_error(self) -> str | None:
+        """Why the state folder cannot be written now, with what that means and the fix (one line), or
+        None. Looked at on every call (a file made, written and removed: tens of microseconds, so `status`
+        is never stale); once the folder can be written again, what could not be saved meanwhile is saved."""
+        self._set_problem("folder", write_problem(self.paths.root))
+        if self._folder_problem is None and self._save_problem is not None:
+            self.save()
+        problem = self._save_problem or self._folder_problem
+        if problem is None:
+            return None
+        return (
+            f"{problem}; the running servers stay supervised, but nothing new starts until it can be written: "
+            f"{writable_fix(self.paths)}"
+        )
+
+    def refuse_if_unwritable(self) -> None:
+        """Raise SupervisorError (exit 3) when the state folder cannot be written: a server started now
+        could not be recorded, nor its log kept."""
+        error = self.state_error()
+        if error is not None:
+            raise SupervisorError(error)
+
+    def _set_problem(self, source: str, problem: str | None) -> None:
+        """Log a problem once when it appears (not at every save), and once when it is over."""
+        attribute = f"_{source}_problem"
+        before = getattr(self, attribute)
+        if problem == before:
+            return
+        setattr(self, attribute, problem)
+        if problem is not None:
+            log.error("%s; the servers run on, supervised", problem)
+        elif self._save_problem is None and self._folder_problem is None:
+            log.info("the state folder %s can be written again", self.paths.root)

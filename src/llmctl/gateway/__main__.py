@@ -37,7 +37,7 @@ def raise_open_file_limit() -> int:
 
 
 async def serve(paths: StatePaths) -> None:
-    gateway = Gateway(str(paths.socket), dict(os.environ))
+    gateway = Gateway(paths, dict(os.environ))
     await gateway.setup()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

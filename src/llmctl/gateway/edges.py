@@ -182,6 +182,19 @@ def origin_allowed(origin: str | None, allowed: tuple[str, ...]) -> bool:
     return any(entry != "*" and normalise_origin(entry) == mine for entry in allowed)
 
 
+def same_origin(origin: str | None, host_header: str | None) -> bool:
+    """Whether a request comes from a page this gateway served itself (its /ui): Origin equal to
+    `http://` + the Host the request was sent to, both normalised (RFC 6454 §5). False when either is missing.
+
+    Safe without an allowlist entry because the Host rule still holds: without a key only a loopback Host is
+    served (a rebound DNS name fails there), and with a key every API call still needs it.
+    """
+    if not origin or not host_header:
+        return False
+    mine = normalise_origin("http://" + host_header)
+    return mine is not None and normalise_origin(origin) == mine
+
+
 def cors_headers(origin: str, preflight: bool) -> dict[str, str]:
     """The gateway's own Access-Control-* headers for an Origin that `origin_allowed` accepted.
 

@@ -32,6 +32,14 @@ class NotAdmitted(Exception):
         self.admission = admission
 
 
+def _refusal(answer: dict[str, Any]) -> Admission:
+    """The Admission error a refusing reply carries (502 when it carries none the gateway can read)."""
+    try:
+        return Admission.from_dict(answer.get("error"))
+    except ChannelError:
+        return Admission(502, "bad_reply", "the supervisor answered what the gateway cannot read")
+
+
 class _Gone(Exception):
     """The link to the supervisor closed while a reply was awaited."""
 
@@ -95,6 +103,52 @@ class SupervisorLink:
         """Ask for the instance to be stopped once idle (the runner decides; see llmctl.planes)."""
         self._send({"op": "stop", "instance": instance, "reason": reason})
 
+    def keep_alive(self, instance: str, seconds: float) -> None:
+        """A request's keep_alive (Ollama's semantics, llmctl.planes): 0 stops the instance once idle, a
+        negative value keeps it loaded with no ttl, a positive one is its ttl from now. The runner decides."""
+        self._send({"op": "keep_alive", "instance": instance, "seconds": seconds})
+
+    async def lifecycle(self, instance: str, action: str) -> dict[str, Any]:
+        """Start or stop an instance for a dashboard or a script ("start" | "stop"); returns the reply
+        (`{"ok": true, "state": ...}`). Raises NotAdmitted when it cannot be done or no supervisor answers."""
+        if not self.connected.is_set():
+            await self._wait_for_supervisor()
+        loop = asyncio.get_running_loop()
+        request_id = self._new_id()
+        reply: asyncio.Future[dict[str, Any]] = loop.create_future()
+        self._replies[request_id] = reply
+        self._send({"op": "lifecycle", "id": request_id, "instance": instance, "action": action})
+        try:
+            answer = await reply
+        except _Gone:
+            raise NotAdmitted(
+                Admission(503, "supervisor_unavailable", "the supervisor went away; try again", 2)
+            ) from None
+        finally:
+            self._replies.pop(request_id, None)
+        if not answer.get("ok"):
+            raise NotAdmitted(_refusal(answer))
+        return answer
+
+    async def status_document(self, timeout: float = 5.0) -> dict[str, Any]:
+        """The supervisor's status document (`llmctl status --json`), asked on a connection of its own.
+        Raises NotAdmitted (503) when no supervisor answers within `timeout` seconds."""
+        try:
+            answer = await asyncio.wait_for(self._ask({"op": "status"}), timeout)
+        except (OSError, ChannelError, ValueError, asyncio.TimeoutError):
+            answer = {}
+        if not answer.pop("ok", False):
+            raise NotAdmitted(Admission(503, "supervisor_unavailable", "no supervisor answers: run `llmctl up`", 2))
+        return answer
+
+    async def _ask(self, message: dict[str, Any]) -> dict[str, Any]:
+        reader, writer = await asyncio.open_unix_connection(self.socket_path, limit=MAX_LINE)
+        try:
+            writer.write(encode(message))
+            return decode(await reader.readline())
+        finally:
+            writer.close()
+
     async def acquire(self, instance: str) -> int:
         """Wait until the supervisor says the instance serves (starting it if need be); returns the
         request's id for `end`. Raises NotAdmitted with the status the client must get."""
@@ -118,11 +172,7 @@ class SupervisorLink:
             if answer.get("ok"):
                 self._open[request_id] = instance
                 return request_id
-            try:
-                admission = Admission.from_dict(answer.get("error"))
-            except ChannelError:
-                admission = Admission(502, "bad_reply", "the supervisor answered what the gateway cannot read")
-            raise NotAdmitted(admission)
+            raise NotAdmitted(_refusal(answer))
 
     async def _wait_for_supervisor(self) -> None:
         try:

@@ -21,6 +21,7 @@ a model named "x\\n... 200 OK" cannot forge a second line, and a 1 MB model name
 
 from __future__ import annotations
 
+import json
 import logging
 from typing import Any
 
@@ -45,6 +46,10 @@ class Refused(Exception):
     def message(self) -> str:
         """The message for people, as given."""
         return str(self)
+
+
+class Unreachable(Exception):
+    """No connection to an upstream could be made before any byte was sent: the request may go again."""
 
 
 def error_type(status: int) -> str:
@@ -76,6 +81,14 @@ def error_response(refused: Refused) -> web.Response:
         headers["Retry-After"] = str(max(0, int(refused.retry_after)))
     body = error_body(refused.status, refused.message, refused.code)
     return web.json_response(body, status=refused.status, headers=headers)
+
+
+def ollama_error_response(refused: Refused) -> web.Response:
+    """The same refusal in Ollama's shape, `{"error": "<text>"}` with the same status and headers (Ollama's
+    `docs/api/errors.mdx`; its Python client raises ResponseError reading `error`, shared/OLLAMA-API.md §1)."""
+    response = error_response(refused)
+    response.text = json.dumps({"error": refused.message})
+    return response
 
 
 def sanitize(value: object, limit: int = FIELD_LIMIT) -> str:

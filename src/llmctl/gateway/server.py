@@ -22,13 +22,23 @@ import yarl
 from aiohttp import web, web_protocol
 
 from llmctl.errors import ConfigError
-from llmctl.gateway import edges
+from llmctl.gateway import dashboard, edges, ollama, ollama_api
+from llmctl.gateway.activity import Activity, Tap, ask_usage
 from llmctl.gateway.body import LARGE_BODY, parse_body, read_body, with_model
 from llmctl.gateway.guard import Gate, Limits
 from llmctl.gateway.headers import request_headers, response_headers
 from llmctl.gateway.link import NotAdmitted, SupervisorLink
 from llmctl.gateway.metrics import InstanceMetrics, prometheus
-from llmctl.gateway.problems import Refused, error_body, error_response, log_refusal, sanitize
+from llmctl.gateway.problems import (
+    Refused,
+    Unreachable,
+    error_body,
+    error_response,
+    log_refusal,
+    ollama_error_response,
+    sanitize,
+)
+from llmctl.paths import StatePaths
 from llmctl.planes import Route
 from llmctl.spec import GatewaySpec
 from llmctl.system.secrets import read_secret
@@ -48,10 +58,6 @@ async def _on_reuse(session: object, context: Any, params: object) -> None:
 
 _REUSE_TRACE = aiohttp.TraceConfig()
 _REUSE_TRACE.on_connection_reuseconn.append(_on_reuse)
-
-
-class _Unreachable(Exception):
-    """No connection to the upstream could be made or kept before any byte reached the client."""
 
 
 async def _own_server_header(request: web.Request, response: web.StreamResponse) -> None:
@@ -127,6 +133,21 @@ def spec_from(data: dict[str, Any]) -> GatewaySpec:
         raise ValueError(f"settings the gateway cannot read: {exc}") from None
 
 
+def _keep_alive(payload: dict[str, Any] | None) -> tuple[dict[str, Any] | None, float | None]:
+    """llmctl's extension to the OpenAI API: a top-level `keep_alive` with Ollama's meaning (seconds or a Go
+    duration; 0 stops an on-demand instance after this request, negative keeps it loaded). Ollama itself
+    drops the field on /v1 (ollama/ollama#11458). Returns (the payload without it, seconds or None).
+    Raises Refused(400) for a value Ollama would refuse."""
+    if payload is None or "keep_alive" not in payload:
+        return payload, None
+
+    rest = {key: value for key, value in payload.items() if key != "keep_alive"}
+    try:
+        return rest, ollama.parse_keep_alive(payload["keep_alive"])
+    except ollama.OllamaError as exc:
+        raise Refused(400, f"keep_alive: {exc.message}", "invalid_keep_alive") from None
+
+
 class Upstreams:
     """One connection pool per instance, never shared: a hung instance holds only its own."""
 
@@ -154,43 +175,85 @@ class Upstreams:
         self._sessions.clear()
 
 
-class Gateway:
-    """The gateway process's state: its settings, its listener, the routes, its counters."""
+def _public(request: web.Request) -> bool:
+    """Answers anyone may read without the key: /health, Ollama's banner, and the dashboard's page and
+    static files (a browser's navigation cannot send a key; the page asks for it and sends it on every
+    API call it makes)."""
+    path = request.path
+    if path == "/health":
+        return True
+    return request.method in ("GET", "HEAD") and (path in ("/", "/ui") or path.startswith("/ui/"))
 
-    def __init__(self, socket_path: str, environ: dict[str, str]) -> None:
+
+def _speaks_ollama(request: web.Request) -> bool:
+    """Whether a refusal must be in Ollama's shape: its paths, or anything on the Ollama-only listener."""
+    return bool(request.app.get(OLLAMA_ONLY)) or request.path == "/" or request.path.startswith("/api/")
+
+
+OLLAMA_ONLY = web.AppKey("ollama_only", bool)
+USAGE_PATHS = ("/v1/chat/completions", "/v1/completions")  # where `stream_options.include_usage` is OpenAI's
+
+
+class Gateway:
+    """The gateway process's state: its settings, its listeners, the routes, its counters."""
+
+    def __init__(self, paths: StatePaths, environ: dict[str, str]) -> None:
+        self.paths = paths
         self.environ = environ
         self.spec: GatewaySpec | None = None
         self.api_key: str | None = None
-        self.link = SupervisorLink(socket_path, self.apply)
+        self.link = SupervisorLink(str(paths.socket), self.apply)
         self.metrics: dict[str, InstanceMetrics] = {}
         self.gate = Gate(Limits(4096, 10.0, 60.0))
         self.upstreams = Upstreams()
         self._runner: web.AppRunner | None = None
         self._server: asyncio.AbstractServer | None = None
         self._address: tuple[str, int] | None = None
+        self._ollama_runner: web.AppRunner | None = None
+        self._ollama_server: asyncio.AbstractServer | None = None
+        self._ollama_address: tuple[str, int] | None = None
+        self.activity = Activity(paths.activity_log)
 
     # -- life ------------------------------------------------------------------------------
 
     async def setup(self) -> None:
-        app = web.Application(middlewares=[self._edges])
-        app.on_response_prepare.append(_own_server_header)
+        app = self._application(ollama_only=False)
         app.router.add_get("/health", self._health)
         app.router.add_get("/v1/models", self._models)
         app.router.add_get("/v1/models/{model_id:.+}", self._model)
         app.router.add_get("/metrics", self._metrics)
         app.router.add_post("/v1/{tail:.+}", self._proxy, expect_handler=self._expect)
+        app.router.add_get("/llmctl/v1/status", self._status)
+        app.router.add_post("/llmctl/v1/instances/{name}/{action}", self._lifecycle)
+        ollama_api.add_routes(app, self)
+        dashboard.add_routes(app, self)
+        self._runner = await self._app_runner(app)
+        ollama_app = self._application(ollama_only=True)
+        ollama_api.add_routes(ollama_app, self)
+        self._ollama_runner = await self._app_runner(ollama_app)
+
+    def _application(self, *, ollama_only: bool) -> web.Application:
+        app = web.Application(middlewares=[self._edges])
+        app[OLLAMA_ONLY] = ollama_only
+        app.on_response_prepare.append(_own_server_header)
+        return app
+
+    @staticmethod
+    async def _app_runner(app: web.Application) -> web.AppRunner:
         # handler_cancellation: a client that goes away cancels its handler, in every phase.
         # auto_decompress off: llmctl.gateway.body decodes a compressed body itself, within max_body.
-        self._runner = web.AppRunner(
+        runner = web.AppRunner(
             app, handler_cancellation=True, access_log=None, auto_decompress=False, keepalive_timeout=3600
         )
-        await self._runner.setup()
+        await runner.setup()
+        return runner
 
     async def apply(self, data: dict[str, Any] | None) -> tuple[str, str]:
         """Serve these settings; keeps the listening socket when host and port are unchanged.
         Returns ("listening", url) or ("failed", why) for the supervisor."""
         if data is None:
             await self._close_listener()
+            self._close_ollama_listener()
             return "listening", ""
         try:
             spec = spec_from(data)
@@ -202,6 +265,15 @@ class Gateway:
                 await self._listen(spec)
             except OSError as exc:
                 return "failed", f"the gateway cannot listen on {spec.host}:{spec.port}: {exc.strerror or exc}"
+        ollama_address = None if spec.ollama_port is None else (spec.host, spec.ollama_port)
+        if self._ollama_address != ollama_address:
+            self._close_ollama_listener()
+            if ollama_address is not None:
+                try:
+                    await self._listen_ollama(*ollama_address)
+                except OSError as exc:
+                    where = f"{spec.host}:{spec.ollama_port}"
+                    return "failed", f"the gateway cannot listen on {where} (ollama_port): {exc.strerror or exc}"
         self.spec, self.api_key = spec, api_key
         self.gate.limits = Limits(spec.max_connections, spec.header_timeout, spec.idle_timeout)
         return "listening", spec.url
@@ -221,6 +293,24 @@ class Gateway:
             old.close()
         log.info("gateway listening on %s", spec.url)
 
+    async def _listen_ollama(self, host: str, port: int) -> None:
+        assert self._ollama_runner is not None and self._ollama_runner.server is not None
+        loop = asyncio.get_running_loop()
+        self._ollama_server = await loop.create_server(
+            self.gate.factory(_protocol_factory(self._ollama_runner.server)),
+            host,
+            port,
+            reuse_address=True,
+            backlog=1024,
+        )
+        self._ollama_address = (host, port)
+        log.info("Ollama's API listening on http://%s:%d", host, port)
+
+    def _close_ollama_listener(self) -> None:
+        if self._ollama_server is not None:
+            self._ollama_server.close()
+            self._ollama_server, self._ollama_address = None, None
+
     async def _close_listener(self) -> None:
         if self._server is not None:
             self._server.close()
@@ -228,12 +318,15 @@ class Gateway:
 
     async def close(self) -> None:
         await self._close_listener()
-        if self._runner is not None:
-            await self._runner.shutdown()
+        self._close_ollama_listener()
+        runners = [runner for runner in (self._runner, self._ollama_runner) if runner is not None]
+        for runner in runners:
+            await runner.shutdown()
         self.gate.close_all()
         await self.upstreams.close()
-        if self._runner is not None:
-            await self._runner.cleanup()
+        for runner in runners:
+            await runner.cleanup()
+        self.activity.close()
 
     def metric(self, name: str) -> InstanceMetrics:
         return self.metrics.setdefault(name, InstanceMetrics())
@@ -249,7 +342,7 @@ class Gateway:
         try:
             response = await self._checked(request, handler)
         except Refused as refused:
-            response = error_response(refused)
+            response = ollama_error_response(refused) if _speaks_ollama(request) else error_response(refused)
             if refused.status in (408, 413):
                 response.force_close()  # do not read the rest of a body that was refused
             reason = f"{refused.code}: {refused}" + (f" ({request['cause']})" if request.get("cause") else "")
@@ -295,7 +388,11 @@ class Gateway:
             # Without a key only a loopback Host: a web page that rebinds its DNS to 127.0.0.1 gets 403.
             raise Refused(403, "this gateway answers only to localhost", "forbidden_host")
         origin = request.headers.get("Origin")
-        if origin is not None and not edges.origin_allowed(origin, spec.cors_origins):
+        if (
+            origin is not None
+            and not edges.origin_allowed(origin, spec.cors_origins)
+            and not edges.same_origin(origin, request.headers.get("Host"))
+        ):
             raise Refused(403, "this origin is not in gateway.cors_origins", "forbidden_origin")
         if request.method == "OPTIONS":
             if origin is None:
@@ -312,11 +409,9 @@ class Gateway:
         if coding not in ("", "chunked"):
             raise Refused(501, f"Transfer-Encoding {coding!r} is not supported (only chunked)", "not_implemented")
         given = edges.api_key_from(request.headers)
-        if self.api_key and request.path != "/health" and not edges.key_matches(given, self.api_key):
+        if self.api_key and not _public(request) and not edges.key_matches(given, self.api_key):
             raise Refused(401, "a valid API key is required", "invalid_api_key")
-        if request.method == "POST" and not edges.content_type_allowed(
-            request.method, request.path, request.content_type
-        ):
+        if request.method == "POST" and not self._content_type_ok(request):
             raise Refused(
                 415, "send the body as application/json (multipart/form-data for uploads)", "unsupported_media_type"
             )
@@ -331,6 +426,18 @@ class Gateway:
             raise Refused(404, f"no such endpoint: {request.path}", "not_found") from None
         except web.HTTPException as exc:
             raise Refused(exc.status, exc.reason, "http_error") from None
+
+    @staticmethod
+    def _content_type_ok(request: web.Request) -> bool:
+        """JSON bodies only, as llmctl.gateway.edges.content_type_allowed says, with two exceptions: a
+        lifecycle call may have no body at all, and Ollama's API takes any type from a program (no Origin:
+        `curl -d` sends a form type, and Ollama accepts it); a page's request always carries an Origin, which
+        the Origin rule has already checked, and still needs JSON."""
+        if request.path.startswith("/llmctl/") and not request.body_exists:
+            return True
+        if _speaks_ollama(request) and request.headers.get("Origin") is None:
+            return True
+        return edges.content_type_allowed(request.method, request.path, request.content_type)
 
     # -- answers the gateway gives itself ---------------------------------------------------
 
@@ -368,6 +475,39 @@ class Gateway:
             raise Refused(404, f"model {model_id!r} not found", "model_not_found")
         return web.json_response(next(e for e in self._model_entries(route) if e["id"] == model_id))
 
+    # -- lifecycle and status over HTTP (llmctl's own API, for dashboards and scripts) ------------
+
+    async def status_document(self) -> dict[str, Any]:
+        """The supervisor's status document (version 1, as `llmctl status --json`).
+        Raises Refused(503) when no supervisor answers."""
+        try:
+            return await self.link.status_document()
+        except NotAdmitted as refusal:
+            admission = refusal.admission
+            raise Refused(admission.status, admission.message, admission.code, admission.retry_after) from None
+
+    async def lifecycle(self, name: str, action: str) -> dict[str, Any]:
+        """Start or stop the instance NAME (or the one an alias names): `{"version": 1, "instance", "state"}`.
+        Raises Refused: 404 for an unknown instance or action, the runner's refusal otherwise."""
+        route = self.link.resolve(name)
+        if route is None:
+            raise Refused(404, f"no instance {name!r}", "instance_not_found")
+        if action not in ("start", "stop"):
+            raise Refused(404, f"no such action {action!r} (start or stop)", "not_found")
+        try:
+            answer = await self.link.lifecycle(route.name, action)
+        except NotAdmitted as refusal:
+            admission = refusal.admission
+            raise Refused(admission.status, admission.message, admission.code, admission.retry_after) from None
+        return {"version": 1, "instance": route.name, "state": answer.get("state")}
+
+    async def _status(self, request: web.Request) -> web.Response:
+        return web.json_response(await self.status_document(), headers={"Cache-Control": "no-store"})
+
+    async def _lifecycle(self, request: web.Request) -> web.Response:
+        answer = await self.lifecycle(request.match_info["name"], request.match_info["action"])
+        return web.json_response(answer, headers={"Cache-Control": "no-store"})
+
     # -- the proxy ---------------------------------------------------------------------------
 
     def _resolve(self, model: str) -> Route:
@@ -385,7 +525,7 @@ class Gateway:
         if not edges.upstream_path_allowed(request.path):
             raise Refused(404, f"no such endpoint: {request.path}", "not_found")
         started = time.monotonic()
-        status, name, request_id = 499, "-", None
+        status, name, request_id, keep_alive, tap = 499, "-", None, None, None
         try:
             body = await read_body(request, spec.max_body, BODY_TIMEOUT)
             large = len(body) >= LARGE_BODY  # parsed in a thread: other requests go on meanwhile
@@ -395,15 +535,16 @@ class Gateway:
                 else parse_body(request.content_type, body)
             )
             request["model"] = parsed.model
+            payload, keep_alive = _keep_alive(parsed.payload)
             route = self._resolve(parsed.model)
             name = route.name
-            metric = self.metric(name)
-            request_id, route = await self._admit(route, metric)
-            rewrite = (body, parsed.is_json, route.upstream_model, parsed.payload)
+            tap = self._tap(request, route, parsed.model, payload)
+            request_id, route = await self.admit(route)
+            rewrite = (body, parsed.is_json, route.upstream_model, payload)
             upstream_body = await asyncio.to_thread(with_model, *rewrite) if large else with_model(*rewrite)
             try:
-                response, status = await self._forward(request, route, upstream_body, started)
-            except _Unreachable:
+                response, status = await self._forward(request, route, upstream_body, started, tap)
+            except Unreachable:
                 # Refused a connection: stopped under us (ttl, eviction, a crash). The request never reached
                 # it, so it may go again: the runner knows what follows; ask it, and try once more.
                 self.link.end(request_id, 503, time.monotonic() - started)
@@ -411,9 +552,9 @@ class Gateway:
                 request_id = await self.link.acquire(name)
                 route = self.link.routes.get(name, route)
                 try:
-                    response, status = await self._forward(request, route, upstream_body, started)
-                except _Unreachable as exc:
-                    raise self._upstream_failed(route, exc.__cause__ or exc, request) from None
+                    response, status = await self._forward(request, route, upstream_body, started, tap)
+                except Unreachable as exc:
+                    raise self.upstream_failed(route, exc.__cause__ or exc, request) from None
             return response
         except Refused as refused:
             status = refused.status
@@ -433,14 +574,35 @@ class Gateway:
             if request_id is not None:
                 self.link.end(request_id, status, time.monotonic() - started)
             if name != "-":
-                metric = self.metric(name)
-                metric.requests[status] += 1
-                metric.duration.observe(time.monotonic() - started)
+                self.observe(name, status, started, tap)
+                if keep_alive is not None:
+                    self.link.keep_alive(name, keep_alive)
 
-    async def _admit(self, route: Route, metric: InstanceMetrics) -> tuple[int, Route]:
-        """Count the request on its runner: straight on when the instance is healthy, else ask."""
+    def observe(self, name: str, status: int, started: float, tap: Tap | None) -> None:
+        """Count one finished request of instance `name` (`started`: its time.monotonic() on arrival) and
+        keep its activity row (tokens, tokens/s) when a tap watched it."""
+        metric = self.metric(name)
+        metric.requests[status] += 1
+        metric.duration.observe(time.monotonic() - started)
+        if tap is not None:
+            row = tap.row(status)
+            self.activity.add(row)
+            metric.observe_activity(row)
+
+    def _tap(self, request: web.Request, route: Route, model: str, payload: dict[str, Any] | None) -> Tap:
+        """A tap on this request's answer; a streamed chat or completion whose client did not ask for usage
+        is asked for it (stream_options), and the tap hides that one extra event from the client."""
+        stream = isinstance(payload, dict) and payload.get("stream") is True
+        hide = request.path in USAGE_PATHS and payload is not None and ask_usage(payload)
+        return Tap(route.name, model, "openai", request.path, stream, hide, time.monotonic())
+
+    async def admit(self, route: Route) -> tuple[int, Route]:
+        """Count the request on its runner: straight on when the instance is healthy, else ask the
+        supervisor (starting it if on demand). Returns (request id for link.end, the route now).
+        Raises NotAdmitted with the status the client must get."""
         if route.serving:
             return self.link.begin(route.name), route
+        metric = self.metric(route.name)
         metric.queued += 1
         try:
             request_id = await self.link.acquire(route.name)
@@ -449,60 +611,70 @@ class Gateway:
         return request_id, self.link.routes.get(route.name, route)
 
     async def _forward(
-        self, request: web.Request, route: Route, body: bytes, started: float
+        self, request: web.Request, route: Route, body: bytes, started: float, tap: Tap | None
     ) -> tuple[web.StreamResponse, int]:
+        metric = self.metric(route.name)
+        metric.in_flight += 1
+        try:
+            upstream = await self.send_upstream(request, route, request.raw_path, body)
+            async with upstream:
+                return await self.relay(request, route, upstream, started, tap)
+        finally:
+            metric.in_flight -= 1
+
+    async def send_upstream(
+        self, request: web.Request, route: Route, raw_path: str, body: bytes
+    ) -> aiohttp.ClientResponse:
+        """POST `body` to `raw_path` (checked, sent as is) on the route's server, with the client's headers
+        filtered (llmctl.gateway.headers); returns the response, its body unread (the caller closes it).
+
+        Raises Unreachable when no connection could be made (nothing was sent: it may go again), Refused
+        otherwise: 502 the upstream failed, 503 no pooled connection within pool_wait, 504 read_timeout.
+        A request that went out on a kept-alive connection the server had closed is sent once more."""
         spec = self.spec
         assert spec is not None
         headers = request_headers(
             request.headers, gateway_has_key=self.api_key is not None, upstream_key=route.upstream_api_key
         )
-        url = yarl.URL(route.url + request.raw_path, encoded=True)  # checked by edges.normalise_path: sent as is
+        url = yarl.URL(route.url + raw_path, encoded=True)  # checked by edges.normalise_path: sent as is
         timeout = aiohttp.ClientTimeout(
             total=None, connect=spec.pool_wait, sock_connect=10, sock_read=spec.read_timeout
         )
         session = self.upstreams.session(route, spec)
-        metric = self.metric(route.name)
-        metric.in_flight += 1
-        try:
-            for attempt in (1, 2):
-                trace = {"reused": False}
-                try:
-                    upstream = await session.post(
-                        url, data=body, headers=headers, timeout=timeout, trace_request_ctx=trace
-                    )
-                except aiohttp.ClientConnectorError as exc:  # nothing was sent: it may go again
-                    raise _Unreachable(str(exc)) from exc
-                except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
-                    if attempt == 1 and trace["reused"]:
-                        continue  # a kept-alive connection the server had closed: sent once more, on a new one
-                    raise self._upstream_failed(route, exc, request) from None
-                except aiohttp.ConnectionTimeoutError:
-                    raise Refused(
-                        503, f"{route.name}: every connection to it is busy (pool_wait)", "upstream_busy", 5
-                    ) from None
-                except (aiohttp.SocketTimeoutError, asyncio.TimeoutError):
-                    request["cause"] = f"silent for read_timeout ({spec.read_timeout:g}s)"
-                    raise Refused(
-                        504,
-                        f"{route.name} did not answer within {spec.read_timeout:g}s (read_timeout)",
-                        "upstream_timeout",
-                    ) from None
-                except aiohttp.ClientError as exc:
-                    raise self._upstream_failed(route, exc, request) from None
-                break
-            async with upstream:
-                return await self._relay(request, route, upstream, started)
-        finally:
-            metric.in_flight -= 1
+        for attempt in (1, 2):
+            trace = {"reused": False}
+            try:
+                return await session.post(url, data=body, headers=headers, timeout=timeout, trace_request_ctx=trace)
+            except aiohttp.ClientConnectorError as exc:  # nothing was sent: it may go again
+                raise Unreachable(str(exc)) from exc
+            except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
+                if attempt == 1 and trace["reused"]:
+                    continue  # a kept-alive connection the server had closed: sent once more, on a new one
+                raise self.upstream_failed(route, exc, request) from None
+            except aiohttp.ConnectionTimeoutError:
+                raise Refused(
+                    503, f"{route.name}: every connection to it is busy (pool_wait)", "upstream_busy", 5
+                ) from None
+            except (aiohttp.SocketTimeoutError, asyncio.TimeoutError):
+                request["cause"] = f"silent for read_timeout ({spec.read_timeout:g}s)"
+                raise Refused(
+                    504,
+                    f"{route.name} did not answer within {spec.read_timeout:g}s (read_timeout)",
+                    "upstream_timeout",
+                ) from None
+            except aiohttp.ClientError as exc:
+                raise self.upstream_failed(route, exc, request) from None
+        raise AssertionError("unreachable")  # the loop returns or raises
 
-    def _upstream_failed(self, route: Route, exc: BaseException, request: web.Request) -> Refused:
+    def upstream_failed(self, route: Route, exc: BaseException, request: web.Request) -> Refused:
         request["cause"] = f"{type(exc).__name__}: {exc}"  # for the log line; the client gets no internals
         return Refused(502, f"{route.name} did not answer; see `llmctl logs {route.name}`", "upstream_error")
 
-    async def _relay(
-        self, request: web.Request, route: Route, upstream: aiohttp.ClientResponse, started: float
+    async def relay(
+        self, request: web.Request, route: Route, upstream: aiohttp.ClientResponse, started: float, tap: Tap | None
     ) -> tuple[web.StreamResponse, int]:
-        """Stream the upstream's answer; (response, the status to count: 499 when the client left)."""
+        """Stream the upstream's answer through `tap` (which may hold back the usage event it asked for);
+        (response, the status to count: 499 when the client left)."""
         response = web.StreamResponse(status=upstream.status)
         for name, value in response_headers(upstream.headers):
             response.headers.add(name, value)
@@ -518,7 +690,12 @@ class Gateway:
                     self.metric(route.name).first_byte.observe(time.monotonic() - started)
                     first = False
                 tail = (tail + chunk)[-64:]
-                await response.write(chunk)
+                if tap is not None:
+                    chunk = tap.feed(chunk)
+                if chunk:
+                    await response.write(chunk)
+            if tap is not None and (rest := tap.flush()):
+                await response.write(rest)
             if _cut_short(upstream, tail):
                 raise aiohttp.ClientPayloadError("the connection closed before the stream's end ([DONE])")
         except (ConnectionResetError, aiohttp.ClientConnectionResetError):

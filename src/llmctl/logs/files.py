@@ -162,61 +162,141 @@ def _identity(path: Path) -> tuple[int, int] | None:
 
 
 class _Follower:
-    """One followed log and the rotated files behind it."""
+    """One followed log and the rotated files behind it.
+
+    What it guarantees (the README's `logs -f`): it reads each file by its open descriptor to its end
+    before going on to the file written after it, so a follower that keeps up loses no line across
+    rotations, and prints none twice. One that falls more than `backups` rotations behind finds files
+    already deleted; it says how many lines they held (the hub's `rotated INODE LINES` records in
+    NAME.marks), in one line, and goes on with the oldest file left.
+    """
 
     def __init__(self, path: Path, from_end: bool) -> None:
         self.path = path
         self.handle: BinaryIO | None = None
         self.identity: tuple[int, int] | None = None
         self.partial = b""
+        self.consumed = 0  # newlines read from the current file, from its start
         self._open(path, seek_end=from_end)
 
-    def _open(self, path: Path, seek_end: bool) -> bool:
+    def _open(self, path: Path, seek_end: bool, expected: tuple[int, int] | None = None) -> bool:
+        """Open `path` (only if it is still the file `expected` names, when given)."""
         try:
             handle = _open_log(path)
         except OSError:
             return False
+        info = os.fstat(handle.fileno())
+        if expected is not None and (info.st_dev, info.st_ino) != expected:
+            handle.close()  # rotated again between the listing and the open: list again
+            return False
         if self.handle is not None:
             self.handle.close()
-        self.handle = handle
-        info = os.fstat(handle.fileno())
-        self.identity = (info.st_dev, info.st_ino)
+        self.handle, self.identity, self.partial = handle, (info.st_dev, info.st_ino), b""
+        self.consumed = 0
         if seek_end:
-            handle.seek(0, os.SEEK_END)
+            self.consumed = sum(chunk.count(b"\n") for chunk in iter(lambda: handle.read(CHUNK), b""))
         return True
 
     def read_lines(self) -> Iterator[str]:
         if self.handle is None and not self._open(self.path, seek_end=False):
             return
-        for _ in range(MAX_BACKUPS + 2):
+        for _ in range(4 * (MAX_BACKUPS + 2)):
             yield from self._drain()
             current = _identity(self.path)
             if current is None or current == self.identity:
-                assert self.handle is not None
-                if current is not None and os.stat(self.path).st_size < self.handle.tell():
-                    self.handle.seek(0)  # truncated in place
+                yield from self._after_truncation(current)
                 return
-            if not self._open(self._successor(), seek_end=False):  # rotated: on to the next file
+            # Rotated: the hub closed our file before renaming it, so what it holds now is all it will
+            # ever hold. Read it to its end (lines written between the drain above and the rename).
+            yield from self._drain()
+            moved = self._next_file()
+            if moved is None:
+                continue  # it rotated again while we looked: list again
+            if not moved:
                 return
+            missed = self._missed(moved)
+            if missed:
+                yield f"[llmctl] {missed} lines missed: this follower fell more than logs.backups rotations behind"
 
-    def _successor(self) -> Path:
-        """The file written after ours: oldest rotated first, the live log last."""
+    def _after_truncation(self, current: tuple[int, int] | None) -> Iterator[str]:
+        """With `backups: 0` the hub empties the file in place: read it again from its start."""
+        assert self.handle is not None
+        if current is None or os.stat(self.path).st_size >= self.handle.tell():
+            return
+        records = [count for inode, count in _rotations(self.path) if inode == self.identity[1]]  # type: ignore[index]
+        missed = records[-1] - self.consumed if records else 0
+        self.handle.seek(0)
+        self.partial, self.consumed = b"", 0
+        if missed > 0:
+            yield f"[llmctl] {missed} lines missed: the log was emptied (logs.backups is 0) before they were read"
+        yield from self._drain()
+
+    def _next_file(self) -> tuple[tuple[int, int] | None, tuple[int, int]] | bool | None:
+        """Open the file written after ours: (our old identity, the new one) when it is the oldest left
+        and ours is gone (files may have been missed), True when it directly follows ours, False when
+        there is nothing to open, None when the files moved meanwhile."""
         chain = [self.path.with_name(f"{self.path.name}.{n}") for n in range(MAX_BACKUPS, 0, -1)] + [self.path]
-        existing = [(path, _identity(path)) for path in chain]
-        existing = [(path, identity) for path, identity in existing if identity is not None]
-        for index, (_, identity) in enumerate(existing):
-            if identity == self.identity and index + 1 < len(existing):
-                return existing[index + 1][0]
-        return existing[0][0] if existing else self.path  # ours was rotated away: the oldest left
+        existing = [(path, identity) for path in chain if (identity := _identity(path)) is not None]
+        if not existing:
+            return False
+        identities = [identity for _, identity in existing]
+        if self.identity in identities:
+            index = identities.index(self.identity) + 1
+            if index >= len(existing):
+                return None  # ours is the live file again: the listing raced a rotation
+            return True if self._open(existing[index][0], False, existing[index][1]) else None
+        old = self.identity
+        path, identity = existing[0]  # ours was deleted: on with the oldest left
+        return (old, identity) if self._open(path, False, identity) else None
+
+    def _missed(self, moved: tuple[tuple[int, int] | None, tuple[int, int]] | bool) -> int:
+        """How many lines the files between ours and the one now open held (0 when none was skipped)."""
+        if moved is True or moved is False:
+            return 0
+        old, new = moved
+        records = _rotations(self.path)
+        inodes = [inode for inode, _ in records]
+        ours = _last_index(inodes, old[1] if old else -1)
+        if ours is None:
+            return 0  # no record of ours (an older hub, trimmed marks): nothing to count from
+        if new == _identity(self.path):
+            upto = len(records)  # the live file: every file rotated after ours was skipped
+        else:
+            found = _last_index(inodes, new[1])
+            upto = found if found is not None and found > ours else len(records)
+        return sum(count for _, count in records[ours + 1 : upto])
 
     def _drain(self) -> Iterator[str]:
         assert self.handle is not None
         while chunk := self.handle.read(CHUNK):
+            self.consumed += chunk.count(b"\n")
             *complete, self.partial = (self.partial + chunk).split(b"\n")
             yield from _decode(complete)
             while len(self.partial) > MAX_LINE:  # no newline in sight: hand it on in pieces
                 yield self.partial[:MAX_LINE].decode("utf-8", errors="surrogateescape") + SPLIT_MARKER
                 self.partial = self.partial[MAX_LINE:]
+
+
+def _rotations(path: Path) -> list[tuple[int, int]]:
+    """(inode, lines) of each file the hub rotated out, oldest first, from NAME.marks."""
+    try:
+        with _open_log(path.with_name(path.name.removesuffix(".log") + ".marks")) as file:
+            text = file.read(4 * 1024 * 1024).decode("ascii", errors="replace")
+    except OSError:
+        return []
+    found = []
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) == 3 and parts[0] == "rotated" and parts[1].isdigit() and parts[2].isdigit():
+            found.append((int(parts[1]), int(parts[2])))
+    return found
+
+
+def _last_index(values: list[int], wanted: int) -> int | None:
+    for index in range(len(values) - 1, -1, -1):
+        if values[index] == wanted:
+            return index
+    return None
 
 
 def follow(paths: dict[str, Path], backlog: int) -> Iterator[tuple[str, str]]:

@@ -75,7 +75,11 @@ class LogHub:
         handle = process.handle_of_child(self._popen.pid)
         from llmctl.system.files import write_atomically
 
-        write_atomically(self.folder / "hub.json", json.dumps({"pid": handle.pid, "create_time": handle.create_time}))
+        record = json.dumps({"pid": handle.pid, "create_time": handle.create_time})
+        try:
+            write_atomically(self.folder / "hub.json", record)
+        except OSError as exc:  # a full disk: the hub runs all the same; only a later supervisor cannot adopt it
+            log.error("cannot record the log hub in %s: %s", self.folder / "hub.json", exc.strerror or exc)
         return handle
 
     async def _keep_alive(self) -> None:
@@ -177,6 +181,11 @@ class LogHub:
         self.keepers[name] = os.open(path, os.O_RDWR | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
 
     def set_limits(self, max_bytes: int, backups: int) -> None:
+        """Tell the hub how to rotate (it reads PIPES/limits as it opens a FIFO). A folder that cannot be
+        written keeps the limits it had: logged, never raised, so a full disk cannot fail `up`'s answer."""
         from llmctl.system.files import write_atomically
 
-        write_atomically(self.folder / "limits", f"{max_bytes} {backups}\n")
+        try:
+            write_atomically(self.folder / "limits", f"{max_bytes} {backups}\n")
+        except OSError as exc:
+            log.error("cannot write the log limits %s: %s", self.folder / "limits", exc.strerror or exc)

@@ -71,6 +71,7 @@ class RotatingLog:
 
     def _rotate(self) -> None:
         self.close()
+        self._record_rotation()
         if self.backups <= 0:
             os.truncate(self.path, 0)
             return
@@ -112,11 +113,29 @@ class RotatingLog:
         with contextlib.suppress(OSError):
             if os.path.getsize(marks) > MAX_MARKS_BYTES:
                 self._trim_marks(marks)
-        line = f"{now:.3f} {os.fstat(self.fd).st_ino} {offset}\n".encode()
+        self._append_mark(f"{now:.3f} {os.fstat(self.fd).st_ino} {offset}\n")
+
+    def _record_rotation(self) -> None:
+        """`rotated INODE LINES` in NAME.marks, before the file moves: how many lines the file that
+        rotates out holds, so a follower that falls behind by more than `backups` rotations can say
+        how many lines it missed (llmctl.logs.files). Counted from the file itself, which holds the
+        supervisor's own lines too; at most max_bytes read, once per rotation."""
+        with contextlib.suppress(OSError):
+            fd = os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+            try:
+                inode, lines = os.fstat(fd).st_ino, 0
+                while chunk := os.read(fd, CHUNK):
+                    lines += chunk.count(b"\n")
+            finally:
+                os.close(fd)
+            self._append_mark(f"rotated {inode} {lines}\n")
+
+    def _append_mark(self, line: str) -> None:
+        marks = self.path.removesuffix(".log") + ".marks"
         with contextlib.suppress(OSError):
             fd = os.open(marks, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
             try:
-                os.write(fd, line)
+                os.write(fd, line.encode())
             finally:
                 os.close(fd)
 

@@ -60,3 +60,29 @@ def write_atomically(path: Path, data: str) -> None:
         with contextlib.suppress(OSError):
             os.unlink(temp_name)
         raise
+
+
+def write_problem(folder: Path) -> str | None:
+    """Why nothing can be written in `folder` now (a full disk, a changed mode, a read-only mount), as
+    "cannot write in FOLDER: REASON"; None when a file can be made, written and removed there.
+
+    A real write, not os.access(): access() says nothing of a full disk and answers for root as if
+    every mode allowed it. One small file, no fsync: ext4 (delayed allocation reserves the block at
+    write time), tmpfs and APFS report ENOSPC from write() itself."""
+    try:
+        fd = os.open(
+            folder / f".write-check.{os.getpid()}.tmp",
+            os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC,
+            0o600,
+        )
+    except OSError as exc:
+        return f"cannot write in {folder}: {exc.strerror or exc}"
+    try:
+        os.write(fd, b"\n")
+    except OSError as exc:
+        return f"cannot write in {folder}: {exc.strerror or exc}"
+    finally:
+        os.close(fd)
+        with contextlib.suppress(OSError):
+            os.unlink(folder / f".write-check.{os.getpid()}.tmp")
+    return None

@@ -1,0 +1,89 @@
+"""Read the gateway's activity file (StatePaths.activity_log): the last rows, or follow them as they come.
+
+The gateway (llmctl.gateway.activity.Activity) appends one JSON object a line to activity.jsonl and rotates
+it by renaming, activity.jsonl -> .1 -> .2 ..., as the log hub rotates instance logs: so the readers of
+llmctl.logs.files serve here too, across every rotation. A line that is not a JSON object (one cut short by
+a full disk, say) is skipped.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from llmctl.logs.files import FOLLOW_POLL, MAX_BACKUPS, Tail, last_lines
+
+
+def parse_row(line: str) -> dict[str, Any] | None:
+    """One line of the file as a row, or None when it is not a JSON object."""
+    try:
+        row = json.loads(line)
+    except ValueError:
+        return None
+    return row if isinstance(row, dict) else None
+
+
+def _wanted(row: dict[str, Any] | None, names: set[str] | None) -> bool:
+    return row is not None and (names is None or row.get("instance") in names)
+
+
+def last_rows(path: Path, count: int, names: set[str] | None = None) -> list[dict[str, Any]]:
+    """The last `count` rows (of the instances in `names`, when given) of the file and its rotations,
+    oldest first; a missing file has none."""
+    if count <= 0:
+        return []
+    rows: list[dict[str, Any]] = []
+    for file in _newest_first(path):
+        lines = last_lines(file, count - len(rows), lambda line: _wanted(parse_row(line), names))
+        rows = [row for row in map(parse_row, lines) if row is not None] + rows
+        if len(rows) >= count:
+            break
+    return rows[-count:]
+
+
+def instances_seen(path: Path) -> set[str]:
+    """The instance names of every row the file and its rotations still hold."""
+    seen: set[str] = set()
+    for file in _newest_first(path):
+        for line in last_lines(file, 1_000_000):
+            row = parse_row(line)
+            if row is not None and isinstance(row.get("instance"), str):
+                seen.add(row["instance"])
+    return seen
+
+
+def _newest_first(path: Path) -> list[Path]:
+    rotated = [path.with_name(f"{path.name}.{n}") for n in range(1, MAX_BACKUPS + 1)]
+    return [path, *(file for file in rotated if file.exists())]
+
+
+class RowFollower:
+    """The last `count` rows (`backlog`), then, iterated, the rows added after them (of the instances in
+    `names`, when given) as the gateway writes them; never ends (the caller stops it). Rotations are
+    followed. The file is watched before the backlog is read, so a row written meanwhile is not lost;
+    it would come twice, so the first rows that follow are checked against the backlog."""
+
+    def __init__(self, path: Path, count: int, names: set[str] | None = None) -> None:
+        self.names = names
+        self._tail = Tail({"activity": path})
+        self.backlog = last_rows(path, count, names)
+        self._shown: set[str] | None = {json.dumps(row, sort_keys=True) for row in self.backlog}
+
+    def read(self) -> list[dict[str, Any]]:
+        """The rows added since the last call (never waits)."""
+        parsed = (parse_row(line) for _, line in self._tail.read())
+        rows = [row for row in parsed if row is not None and _wanted(row, self.names)]
+        if rows and self._shown is not None:
+            rows = [row for row in rows if json.dumps(row, sort_keys=True) not in self._shown]
+            self._shown = None  # only what was written while the backlog was read can come twice
+        return rows
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        while True:
+            rows = self.read()
+            yield from rows
+            if not rows:
+                time.sleep(FOLLOW_POLL)
