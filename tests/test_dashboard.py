@@ -273,7 +273,11 @@ BROWSER_ARGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
-RED = "1b5b33316d726564" + "1b5b306d0a"  # ESC[31m red ESC[0m: a server's colours in its log
+# A server's colours (ESC[31m red ESC[0m) and markup in its log: shown as text, never obeyed.
+RED = (b"\x1b[31mred\x1b[0m <img src=x id=planted> not UTF-8: \xff\n").hex()
+ASSIGN_MARKUP = (
+    """() => { try { document.body.innerHTML = '<b>x</b>'; return 'assigned'; } catch (e) { return e.name; } }"""
+)
 
 
 class Browser:
@@ -366,11 +370,15 @@ def test_the_page_lists_the_fleet_starts_an_instance_and_tails_its_log(tmp_path,
     log = page.locator('tr.logs[data-instance="colours"] pre.log')
     wait_for(lambda: "\\x1b[31mred\\x1b[0m" in log.inner_text(), message="the escape in the log tail")
     assert "\x1b" not in log.inner_text()
+    assert "<img src=x id=planted> not UTF-8: \\xff" in log.inner_text()
+    assert page.locator("#planted").count() == 0
     browser.shot("fleet")
 
     page.locator('tr.instance[data-instance="lazy"] button.stop').click()
     wait_for(lambda: state_of(page, "lazy") == "stopped", timeout=60, message="lazy stopped after Stop")
     assert browser.errors == []
+    assert page.evaluate(ASSIGN_MARKUP) == "TypeError"  # the page's policy: no markup from strings at all
+    assert len(browser.errors) == 1 and "TrustedHTML" in browser.errors[0]
 
 
 @pytest.fixture(scope="session")
@@ -479,8 +487,8 @@ def test_a_keyed_gateway_asks_for_the_key_once_and_never_puts_it_in_a_url(tmp_pa
     wait_for(lambda: state_of(page, "a") == "healthy", message="the fleet after a reload")
     assert page.locator("#key-form").is_hidden()
     browser.shot("keyed")
-    assert not [u for u in browser.urls if key in u]
-    sent = [r for r in browser.requests if "/llmctl/v1/" in r.url and r.headers.get("authorization")]
-    assert sent and all(r.headers["authorization"] == f"Bearer {key}" for r in sent)
+    assert not [u for u in browser.urls if key in u or "not-the-key" in u]
+    sent = {r.headers.get("authorization") for r in browser.requests if "/llmctl/v1/" in r.url}
+    assert sent == {None, "Bearer not-the-key", f"Bearer {key}"}  # before a key, the wrong one, the right one
     # The 401s a page without the key met were expected; anything else is an error.
     assert [e for e in browser.errors if "401" not in e] == []

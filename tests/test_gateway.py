@@ -15,7 +15,19 @@ from pathlib import Path
 import httpx
 import pytest
 
-from .helpers import FAKE_SERVER, by_name, free_port, llmctl, processes_mentioning, status_json, wait_for, write_config
+from .helpers import (
+    FAKE_SERVER,
+    ROOT,
+    by_name,
+    free_port,
+    llmctl,
+    processes_mentioning,
+    status_json,
+    wait_for,
+    write_config,
+)
+
+HOSTILE = str(ROOT / "tests" / "standins" / "hostile_upstream.py")
 
 
 def fake(name: str, port: int, *flags: str, extra: str = "") -> str:
@@ -87,19 +99,25 @@ def test_real_llama_server_and_mlx_behind_one_port(tmp_path, state_dir, gguf_mod
 
 
 def test_server_sent_events_arrive_before_the_answer_ends(tmp_path, state_dir):
-    gateway = gateway_config(tmp_path, fake("sse", free_port()))
+    # The upstream sends its first event, then waits for a file the test writes only once that event
+    # reached it through the gateway: proof of event-by-event relay, with no clock.
+    gate, port = tmp_path / "gate", free_port()
+    command = json.dumps([sys.executable, "-u", HOSTILE, "--port", str(port), "--gate-file", str(gate)])
+    instance = (
+        f"\n  - name: sse\n    backend: command\n    command: {command}\n    port: {port}\n"
+        "    health: {path: /health, interval: 0.2, timeout: 1}\n"
+    )
+    gateway = gateway_config(tmp_path, instance)
     assert llmctl("up", cwd=tmp_path).returncode == 0
-    started = time.monotonic()
-    arrivals = []
-    body = {"model": "sse", "stream": True, "n_events": 8, "event_interval": 0.15}
+    body = {"model": "sse", "mode": "gated", "stream": True, "messages": [{"role": "user", "content": "hi"}]}
     with httpx.stream("POST", gateway + "/v1/chat/completions", json=body, trust_env=False, timeout=30) as stream:
-        headers_at = time.monotonic() - started
-        for line in stream.iter_lines():
-            if line.startswith("data:"):
-                arrivals.append(time.monotonic() - started)
-    assert len(arrivals) == 9
-    assert headers_at < 0.5 and arrivals[0] < 0.5  # at once, not once the answer is complete
-    assert arrivals[-1] - arrivals[0] > 0.9  # event by event
+        lines = stream.iter_lines()
+        first = next(line for line in lines if line.startswith("data:"))
+        assert json.loads(first[5:])["choices"][0]["delta"]["content"] == "Hello"
+        gate.touch()  # only now does the upstream finish
+        rest = [line for line in lines if line.startswith("data:")]
+    assert rest[-1] == "data: [DONE]"
+    assert [json.loads(line[5:])["choices"][0]["delta"].get("content") for line in rest[:-1]] == [" world", None]
 
 
 def test_the_answers_the_gateway_gives_itself(tmp_path, state_dir):

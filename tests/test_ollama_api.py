@@ -229,3 +229,86 @@ def test_ollama_instances_get_the_request_unchanged(tmp_path):
     assert seen["messages"] == QUESTION
     streamed = list(api.chat(model="local", messages=QUESTION, stream=True))
     assert streamed[-1].done and json.loads(streamed[0].message.content)["stream"] is True
+
+
+@pytest.mark.timeout(120)
+def test_errors_follow_ollamas_shapes_also_mid_stream(tmp_path):
+    dying, gated = free_port(), free_port()
+
+    def hostile(name: str, port: int, mode: str) -> str:
+        command = json.dumps([sys.executable, "-u", HOSTILE, "--port", str(port)])
+        return (
+            f"  - name: {name}\n    backend: command\n    model: mode-{mode}\n    port: {port}\n"
+            f"    command: {command}\n    health: {{path: /health, interval: 0.2, timeout: 1}}\n"
+        )
+
+    port, ollama_port = up(tmp_path, hostile("dying", dying, "die") + hostile("echo", gated, "echo"))
+    with httpx.stream(
+        "POST", f"http://127.0.0.1:{port}/api/chat", json={"model": "dying", "messages": QUESTION}, trust_env=False
+    ) as response:
+        assert response.status_code == 200  # the answer had begun
+        lines = [json.loads(line) for line in response.iter_lines() if line]
+    assert "error" in lines[-1] and "dying" in lines[-1]["error"]  # Ollama's last line on a failed stream
+    assert not any(line.get("done") for line in lines)
+    # Refusals of the gateway itself are `{"error": "..."}` on Ollama's paths, on both ports.
+    for base in (f"http://127.0.0.1:{port}", f"http://127.0.0.1:{ollama_port}"):
+        for path, body, status in (
+            ("/api/chat", b"{not json", 400),
+            ("/api/chat", b'{"messages": []}', 400),
+            ("/api/generate", b'{"model": "ghost", "prompt": "x"}', 404),
+            ("/api/show", b'{"model": "ghost"}', 404),
+            ("/api/chat", b'{"model": "echo", "messages": [], "keep_alive": "300"}', 400),
+        ):
+            answer = httpx.post(base + path, content=body, trust_env=False)
+            assert answer.status_code == status, (path, body, answer.text)
+            assert set(answer.json()) == {"error"} and answer.json()["error"], answer.text
+        wrong = httpx.get(base + "/api/chat", trust_env=False)
+        assert wrong.status_code == 405 and set(wrong.json()) == {"error"}
+        ollama_client = client(int(base.rsplit(":", 1)[1]))
+        with pytest.raises(ollama.ResponseError) as gone:
+            ollama_client.delete("echo")
+        assert gone.value.status_code == 501
+
+
+@pytest.mark.timeout(180)
+def test_the_ollama_port_keeps_the_gateways_key_host_and_origin_rules(tmp_path):
+    key_file = tmp_path / "key"
+    key_file.write_text("s3cret-key\n")
+    key_file.chmod(0o600)
+    port, ollama_port = up(
+        tmp_path,
+        f"  - name: local\n    backend: ollama\n    model: tiny\n    port: {free_port()}\n",
+        gateway=f", api_key_file: {key_file}",
+        top=f"binaries:\n  ollama: {FAKE_OLLAMA}\n",
+    )
+    for target in (port, ollama_port):
+        with pytest.raises(ollama.ResponseError) as refused:
+            client(target).list()
+        assert refused.value.status_code == 401
+        keyed = client(target, headers={"Authorization": "Bearer s3cret-key"})
+        assert [model.model for model in keyed.list().models] == ["local:latest"]
+        base = f"http://127.0.0.1:{target}"
+        key = {"Authorization": "Bearer s3cret-key"}
+        evil = httpx.post(
+            base + "/api/chat",
+            json={"model": "local", "messages": QUESTION},
+            headers={**key, "Origin": "https://evil.example"},
+            trust_env=False,
+        )
+        assert evil.status_code == 403 and set(evil.json()) == {"error"}
+        # A page's blind POST (a form type, with an Origin) is refused; a program's `curl -d` is served.
+        blind = httpx.post(
+            base + "/api/chat",
+            content=json.dumps({"model": "local", "messages": QUESTION, "stream": False}),
+            headers={**key, "Content-Type": "application/x-www-form-urlencoded", "Origin": "https://evil.example"},
+            trust_env=False,
+        )
+        assert blind.status_code in (403, 415)
+        curl = httpx.post(
+            base + "/api/chat",
+            content=json.dumps({"model": "local", "messages": QUESTION, "stream": False}),
+            headers={**key, "Content-Type": "application/x-www-form-urlencoded"},
+            trust_env=False,
+        )
+        assert curl.status_code == 200, curl.text
+        assert httpx.get(base + "/", trust_env=False).text == "Ollama is running"  # the banner needs no key

@@ -4,7 +4,9 @@ and external servers that die. Real processes throughout (a supervisor, the log 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -221,3 +223,81 @@ def test_a_request_for_an_external_server_that_is_down_is_refused_with_503(tmp_p
     assert reply.status_code == 503, reply.text
     assert "desk" in reply.text and "own app" in reply.text
     assert reply.headers.get("Retry-After") == "5"
+
+
+# -- `logs -f` under a flood ---------------------------------------------------------------------
+
+NUMBERED = re.compile(r"^line (\d+)$")
+MISSED = re.compile(r"^\[llmctl\] (\d+) lines missed: ")
+
+
+def _followed(text: str) -> list[int | tuple[str, int]]:
+    """The follower's output: each numbered line's number, and ("missed", N) for each notice."""
+    items: list[int | tuple[str, int]] = []
+    for line in text.splitlines():
+        if match := NUMBERED.match(line):
+            items.append(int(match.group(1)))
+        elif match := MISSED.match(line):
+            items.append(("missed", int(match.group(1))))
+    return items
+
+
+def _written(state_dir: Path) -> int:
+    """The number of the last line the flood's live log holds (0 before any); 1 KiB files hold ~90."""
+    try:
+        lines = (state_dir / "logs" / "flood.log").read_text().splitlines()
+    except OSError:
+        return 0
+    found = [int(match.group(1)) for line in lines[-3:] if (match := NUMBERED.match(line))]
+    return found[-1] if found else 0
+
+
+def _flood(tmp_path: Path, state_dir: Path, per_second: int, backups: int) -> None:
+    port = free_port()
+    config = f"logs: {{max_bytes: 1024, backups: {backups}}}\ninstances:" + command_instance(
+        "flood", port, "--flood", str(per_second)
+    )
+    write_config(tmp_path, config)
+    assert llmctl("up", cwd=tmp_path).returncode == 0
+    wait_for(lambda: _written(state_dir) > 0)
+
+
+def test_a_follower_that_keeps_up_sees_every_line_once_in_order_across_rotations(tmp_path, state_dir):
+    # 1 KiB files: a rotation every ~90 lines; 100 backups: a follower may lag ~9 s and still keep up.
+    _flood(tmp_path, state_dir, 1000, backups=100)
+    seen_file = tmp_path / "seen.txt"
+    with seen_file.open("w") as out:
+        follower = subprocess.Popen([LLMCTL, "logs", "flood", "-f", "-n", "0"], cwd=tmp_path, stdout=out)
+        start = _written(state_dir)
+        wait_for(lambda: _written(state_dir) >= start + 4000, timeout=60)  # ~45 rotations while it follows
+        follower.terminate()
+        follower.wait(timeout=10)
+    items = _followed(seen_file.read_text())
+    assert all(isinstance(item, int) for item in items), "a follower that keeps up misses nothing"
+    assert len(items) > 3000
+    assert items == list(range(items[0], items[0] + len(items)))  # each line once, in order, no gap
+
+
+def test_a_follower_that_falls_behind_says_how_many_lines_it_missed(tmp_path, state_dir):
+    _flood(tmp_path, state_dir, 2000, backups=1)
+    seen_file = tmp_path / "seen.txt"
+    with seen_file.open("w") as out:
+        follower = subprocess.Popen([LLMCTL, "logs", "flood", "-f", "-n", "0"], cwd=tmp_path, stdout=out)
+        wait_for(lambda: NUMBERED.match(seen_file.read_text().split("\n", 1)[0]))  # it follows
+        follower.send_signal(signal.SIGSTOP)  # it falls behind: several rotations while it cannot read
+        start = _written(state_dir)
+        wait_for(lambda: _written(state_dir) >= start + 1000, timeout=60)  # ~11 rotations; 1 backup kept
+        follower.send_signal(signal.SIGCONT)
+        wait_for(lambda: "lines missed" in seen_file.read_text(), timeout=30)
+        follower.terminate()
+        follower.wait(timeout=10)
+    items = _followed(seen_file.read_text())
+    notices = [item for item in items if isinstance(item, tuple)]
+    assert notices, "no notice of the lines it missed"
+    for before, notice, after in zip(items, items[1:], items[2:], strict=False):
+        if isinstance(notice, tuple):
+            assert isinstance(before, int) and isinstance(after, int)
+            assert after - before - 1 == notice[1], (before, notice, after)  # exactly the lines it did not see
+    numbers = [item for item in items if isinstance(item, int)]
+    gaps = [(a, b) for a, b in itertools.pairwise(numbers) if b != a + 1]
+    assert len(gaps) == len(notices)  # no line lost without a notice, none seen twice

@@ -25,6 +25,7 @@ from aiohttp import web
 
 from llmctl.gateway import ollama
 from llmctl.gateway.activity import Tap
+from llmctl.gateway.answers import finish
 from llmctl.gateway.body import read_body
 from llmctl.gateway.link import NotAdmitted
 from llmctl.gateway.problems import Refused, Unreachable
@@ -357,7 +358,7 @@ class _Call:
                 await response.write(b"".join(stream.fail(message)))
             except (ConnectionResetError, aiohttp.ClientConnectionResetError):
                 return response
-        await response.write_eof()
+        await finish(response, self.status)
         return response
 
 

@@ -24,6 +24,7 @@ from aiohttp import web, web_protocol
 from llmctl.errors import ConfigError
 from llmctl.gateway import dashboard, edges, ollama, ollama_api
 from llmctl.gateway.activity import Activity, Tap, ask_usage
+from llmctl.gateway.answers import finish
 from llmctl.gateway.body import LARGE_BODY, parse_body, read_body, with_model
 from llmctl.gateway.guard import Gate, Limits
 from llmctl.gateway.headers import request_headers, response_headers
@@ -699,12 +700,13 @@ class Gateway:
             if _cut_short(upstream, tail):
                 raise aiohttp.ClientPayloadError("the connection closed before the stream's end ([DONE])")
         except (ConnectionResetError, aiohttp.ClientConnectionResetError):
-            return response, 499  # the client went away; leaving the block closes the upstream: it frees its slot
+            # The client went away; leaving the block closes the upstream: it frees its slot. One that had
+            # the whole stream ([DONE]) and closed at once was served.
+            return response, upstream.status if tap is not None and tap.done else 499
         except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
             await self._cut(request, response, route, upstream, exc)
             return response, 502
-        await response.write_eof()
-        return response, upstream.status
+        return response, await finish(response, upstream.status)
 
     async def _cut(
         self, request: web.Request, response: web.StreamResponse, route: Route, upstream: Any, exc: Exception

@@ -95,20 +95,26 @@ const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 
 class KeyNeeded extends Error {}
 
-const keyState = {waiting: [], asked: false};
+const keyState = {waiting: [], asked: false, refused: false};
 
-function authHeaders() {
-  const key = sessionStorage.getItem(KEY_STORE);
+function currentKey() {
+  return sessionStorage.getItem(KEY_STORE);
+}
+
+function authHeaders(key) {
   return key ? {Authorization: 'Bearer ' + key} : {};
 }
 
-// A 401: the key is missing or wrong. Show the field; whoever needs the key awaits keyGiven().
-function askForKey() {
-  const hadKey = sessionStorage.getItem(KEY_STORE) !== null;
-  sessionStorage.removeItem(KEY_STORE);
+// A 401 to a request sent with `sentKey` (null: none). Show the field; whoever needs the key awaits keyGiven().
+// Several requests may be refused at once: a refused key is forgotten only if it is still the one kept.
+function askForKey(sentKey) {
+  if (sentKey) {
+    keyState.refused = true;
+    if (currentKey() === sentKey) sessionStorage.removeItem(KEY_STORE);
+  }
   keyState.asked = true;
   const form = $('key-form');
-  $('key-note').textContent = hadKey
+  $('key-note').textContent = keyState.refused
     ? 'that key was refused; kept in this tab\'s session storage only'
     : 'kept in this tab\'s session storage only';
   if (form.hidden) {
@@ -128,6 +134,7 @@ function onKeySubmit(event) {
   const key = $('key-input').value.trim();
   if (!key) return;
   sessionStorage.setItem(KEY_STORE, key);
+  keyState.refused = false;
   $('key-input').value = '';
   $('key-form').hidden = true;
   keyState.asked = false;
@@ -137,10 +144,11 @@ function onKeySubmit(event) {
 }
 
 async function api(path, options = {}) {
-  const headers = {...(options.headers || {}), ...authHeaders()};
+  const key = currentKey();
+  const headers = {...(options.headers || {}), ...authHeaders(key)};
   const response = await fetch(path, {...options, headers, cache: 'no-store', credentials: 'same-origin'});
   if (response.status === 401) {
-    askForKey();
+    askForKey(key);
     throw new KeyNeeded('API key needed');
   }
   return response;
@@ -616,16 +624,17 @@ async function runStream() {
   for (;;) {
     await keyGiven();
     const controller = new AbortController();
+    const key = currentKey();
     let reason = 'disconnected';
     try {
       const response = await fetch('/llmctl/v1/events', {
-        headers: {Accept: 'text/event-stream', ...authHeaders()},
+        headers: {Accept: 'text/event-stream', ...authHeaders(key)},
         cache: 'no-store',
         credentials: 'same-origin',
         signal: controller.signal,
       });
       if (response.status === 401) {
-        askForKey();
+        askForKey(key);
         continue;
       }
       if (!response.ok || !response.body) throw new Error(await errorText(response));
