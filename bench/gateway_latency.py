@@ -49,6 +49,24 @@ def direct_ready(binary: str, model: Path) -> float:
         server.wait()
 
 
+def paired_latencies(url: str, model: str, count: int) -> tuple[list[float], list[float]]:
+    """(OpenAI path, Ollama path) seconds of `count` non-streamed chats each through the gateway, taken in turn
+    so that both see the same machine: /v1/chat/completions with max_tokens 1, /api/chat with num_predict 1."""
+    openai_times, ollama_times = [], []
+    ollama_ask = {"model": model, "messages": ASK["messages"], "stream": False, "options": {"num_predict": 1}}
+    with httpx.Client(trust_env=False, timeout=30) as client:
+        for _ in range(count):
+            for path, body, times in (
+                ("/v1/chat/completions", {**ASK, "model": model}, openai_times),
+                ("/api/chat", ollama_ask, ollama_times),
+            ):
+                started = time.perf_counter()
+                response = client.post(url + path, json=body)
+                times.append(time.perf_counter() - started)
+                assert response.status_code == 200, response.text
+    return openai_times, ollama_times
+
+
 def latencies(url: str, model: str, count: int) -> list[float]:
     timings = []
     with httpx.Client(trust_env=False, timeout=30) as client:

@@ -339,7 +339,7 @@ def _at_scale(settings: Settings, count: int) -> list[Figure]:
 
 def gateway(settings: Settings) -> list[Figure]:
     """One request through the gateway, beside the same llama-server direct, and LiteLLM's proxy."""
-    from gateway_latency import latencies, start_litellm
+    from gateway_latency import latencies, paired_latencies, start_litellm
 
     figures = []
     with tiny_llama() as (_binary, model, folder):
@@ -361,6 +361,11 @@ def gateway(settings: Settings) -> list[Figure]:
             gateway_times = latencies(through, "chat", count)
             figures.append(Figure("one request through the gateway", "ms", gateway_times,
                                   "the same llama-server, direct", direct_times))  # fmt: skip
+            paired_latencies(through, "chat", 3)
+            openai_times, ollama_times = paired_latencies(through, "chat", count)
+            figures.append(Figure("one chat through Ollama's API (translated)", "ms", ollama_times,
+                                  "the same chat through the gateway's OpenAI API", openai_times,
+                                  note="claim: at most 1 ms more at p50"))  # fmt: skip
             litellm, litellm_url = start_litellm(folder, direct)
             if litellm is not None:
                 litellm_times = latencies(litellm_url, "chat", count)

@@ -13,6 +13,7 @@ import json
 import os
 import re
 import shutil
+import signal
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -28,7 +29,17 @@ from llmctl.gateway.problems import Refused, error_response
 from llmctl.paths import StatePaths
 from llmctl.planes import Route
 
-from .helpers import ROOT, by_name, command_instance, free_port, llmctl, status_json, wait_for, write_config
+from .helpers import (
+    ROOT,
+    by_name,
+    command_instance,
+    free_port,
+    llmctl,
+    status_json,
+    supervisor_pid,
+    wait_for,
+    write_config,
+)
 
 
 def _subscribers(activity: Activity) -> int:
@@ -492,3 +503,21 @@ def test_a_keyed_gateway_asks_for_the_key_once_and_never_puts_it_in_a_url(tmp_pa
     assert sent == {None, "Bearer not-the-key", f"Bearer {key}"}  # before a key, the wrong one, the right one
     # The 401s a page without the key met were expected; anything else is an error.
     assert [e for e in browser.errors if "401" not in e] == []
+
+
+def test_the_page_says_when_no_supervisor_answers_and_recovers(tmp_path, state_dir, browser):
+    """kill -9 of the supervisor: the gateway lives on and the page says no supervisor answers; `llmctl up`
+    starts one again and the page goes on by itself."""
+    url = fleet(tmp_path, command_instance("a", free_port()))
+    page = browser.page
+    page.goto(url + "/ui")
+    wait_for(lambda: state_of(page, "a") == "healthy", message="a healthy")
+    assert page.locator("#banner").is_hidden()
+    os.kill(supervisor_pid(state_dir), signal.SIGKILL)
+    banner = page.locator("#banner")
+    wait_for(lambda: banner.is_visible() and "No supervisor answers" in banner.inner_text(), message="the banner")
+    result = llmctl("up", cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    wait_for(lambda: banner.is_hidden(), timeout=30, message="the banner gone")
+    assert state_of(page, "a") == "healthy"
+    assert browser.errors == []
