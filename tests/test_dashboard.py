@@ -239,6 +239,9 @@ def test_the_stream_sends_status_changes_activity_and_errors_and_ends_with_its_c
         assert await next_named(response, "status") == gateway.document
         gateway.activity.add(row("a", 42.0))
         assert (await next_named(response, "activity"))["completion_tokens_per_s"] == 42.0
+        gateway.activity.add(row("a", float("nan")))  # JSON cannot carry it: skipped, the stream goes on
+        gateway.activity.add(row("a", 43.0))
+        assert (await next_named(response, "activity"))["completion_tokens_per_s"] == 43.0
         gateway.document = {"version": 1, "instances": [{"name": "a", "state": "stopped"}]}
         assert (await next_named(response, "status"))["instances"][0]["state"] == "stopped"
         gateway.down = True

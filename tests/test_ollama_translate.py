@@ -1236,3 +1236,57 @@ def test_the_real_llama_server_through_the_translation(real_llama_server):
     reply = ChatResponse.model_validate(ollama.chat_response(answer, "smol", clock))
     assert reply.message.content == text  # temperature 0: the same words streamed or not
     assert reply.eval_count == final.eval_count and reply.prompt_eval_duration
+
+
+# --- found by hostile clients (helper on issue 20) ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "tools",
+    [
+        [1, 2],  # llama-server answered 500 "Failed to parse tools: Missing tool type"
+        [{"type": "function"}],  # 500 "Missing tool function"
+        [{"type": "function", "function": {"name": ""}}],
+        [{"type": "function", "function": "add"}],
+    ],
+)
+def test_tools_that_are_not_named_function_objects_are_a_400(tools):
+    with pytest.raises(OllamaError) as caught:
+        ollama.chat_request(chat(tools=tools), None, "llama.cpp")
+    assert caught.value.status == 400
+
+
+def test_a_named_tool_passes_unchanged():
+    tool = {"type": "function", "function": {"name": "add", "parameters": {"type": "object", "properties": {}}}}
+    assert ollama.chat_request(chat(tools=[tool]), None, "llama.cpp").payload["tools"] == [tool]
+
+
+@pytest.mark.parametrize("context", ["abc", {"a": 1}, [1, "x"], [True]])
+def test_a_context_that_is_not_a_list_of_tokens_is_a_400(context):
+    with pytest.raises(OllamaError) as caught:
+        ollama.generate_request({"model": "m", "prompt": "x", "context": context}, None, "llama.cpp")
+    assert caught.value.status == 400
+    assert (
+        "context"
+        in ollama.generate_request({"model": "m", "prompt": "x", "context": [1, 2]}, None, "llama.cpp").dropped
+    )
+
+
+@pytest.mark.parametrize(
+    "template",
+    [
+        "{% if enable_thinking %}...{% endif %}",  # Qwen3
+        "{{ message.reasoning_content }}",  # llama.cpp's reasoning field
+        "<|start|>assistant<|channel|>analysis<|message|>{{ message.thinking }}",  # gpt-oss (harmony)
+        "[THINK]{{ m }}[/THINK]",  # Mistral's reasoning models
+    ],
+)
+def test_templates_of_reasoning_models_without_think_tags_say_thinking(template):
+    # `think: true` is refused for a model without "thinking": a model that reasons must not be refused.
+    capabilities = ollama._capabilities(template, False, False, False)
+    assert "thinking" in capabilities
+    ollama.chat_request(chat(think=True), None, "llama.cpp", capabilities=capabilities)
+
+
+def test_a_plain_template_does_not_say_thinking():
+    assert "thinking" not in ollama._capabilities("{{ '<|im_start|>' + message['content'] }}", False, False, False)

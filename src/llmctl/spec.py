@@ -122,6 +122,11 @@ class GatewaySpec:
     def url(self) -> str:
         return f"http://{connect_host(self.host)}:{self.port}"
 
+    @property
+    def ollama_url(self) -> str | None:
+        """The Ollama-only listener's URL (None without `ollama_port`)."""
+        return None if self.ollama_port is None else f"http://{connect_host(self.host)}:{self.ollama_port}"
+
 
 @dataclass(frozen=True)
 class Config:

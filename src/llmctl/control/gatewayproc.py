@@ -421,6 +421,7 @@ class GatewayProcess:
         usages = {name: runner.usage.to_dict(now) for name, runner in self.runners.items()}
         return {
             "url": self.spec.url,
+            "ollama_url": self.spec.ollama_url,
             "pid": self.server.pid if self.server is not None else None,
             "connected": self.link is not None,
             "restarts": self.restarts,

@@ -221,8 +221,9 @@ def openai_url(url: str) -> str:
 def urls(config: Config) -> dict[str, str]:
     """What `llmctl env` exports, from the config alone (no supervisor needed): each instance's base URL
     as LLMCTL_<NAME>_URL and its OpenAI base URL (…/v1) as LLMCTL_<NAME>_OPENAI_URL, the gateway's as
-    LLMCTL_GATEWAY_URL and LLMCTL_GATEWAY_OPENAI_URL, and OPENAI_BASE_URL: the gateway's /v1, else the
-    first instance's. Two names that map to one variable are a config error."""
+    LLMCTL_GATEWAY_URL and LLMCTL_GATEWAY_OPENAI_URL, OPENAI_BASE_URL: the gateway's /v1, else the
+    first instance's, and OLLAMA_HOST when the gateway has an `ollama_port`. Two names that map to one
+    variable are a config error."""
     found: dict[str, str] = {}
     owners: dict[str, str] = {}
     for spec in config.instances:
@@ -236,6 +237,10 @@ def urls(config: Config) -> dict[str, str]:
     if config.gateway is not None:
         found["LLMCTL_GATEWAY_URL"] = config.gateway.url
         found["LLMCTL_GATEWAY_OPENAI_URL"] = openai_url(config.gateway.url)
+        if config.gateway.ollama_port is not None:
+            # Ollama's clients read OLLAMA_HOST (default 127.0.0.1:11434): set only when the config gives
+            # llmctl an Ollama port, since `ollama serve` would also bind whatever it names.
+            found["OLLAMA_HOST"] = config.gateway.ollama_url
     first = config.gateway.url if config.gateway is not None else config.instances[0].url if config.instances else None
     if first is not None:
         found["OPENAI_BASE_URL"] = openai_url(first)

@@ -190,12 +190,12 @@ class _Dashboard:
             text = json.dumps(status, sort_keys=True)
             if text != last_status:
                 last_status = text
-                await response.write(sse("status", status))
-                last_write = time.monotonic()
+                if await _send(response, "status", status):
+                    last_write = time.monotonic()
             deadline = time.monotonic() + POLL_S
             while (row := await self._next_row(queue, deadline - time.monotonic())) is not None:
-                await response.write(sse("activity", row))
-                last_write = time.monotonic()
+                if await _send(response, "activity", row):
+                    last_write = time.monotonic()
             if time.monotonic() - last_write >= PING_S:
                 await response.write(sse(None, comment="ping"))
                 last_write = time.monotonic()
@@ -223,6 +223,18 @@ class _Dashboard:
         if getter.done() and not getter.cancelled():
             return getter.result()
         return None
+
+
+async def _send(response: web.StreamResponse, event: str, data: Any) -> bool:
+    """Write one event; False (and a log line) for data JSON cannot carry (NaN, infinity): skipped, so one
+    odd figure never ends the stream."""
+    try:
+        payload = sse(event, data)
+    except (TypeError, ValueError) as exc:
+        log.warning("a %s event was not sent: %s", event, exc)
+        return False
+    await response.write(payload)
+    return True
 
 
 def _probe_noise(backend: str) -> Any:

@@ -617,13 +617,29 @@ def chat_request(
     conversation = _Conversation(backend, backend != MLX if multimodal is None else multimodal, dropped)
     payload: dict[str, Any] = _with_model(upstream_model)
     payload["messages"] = [conversation.message(message) for message in messages]
-    tools = _want(body, "tools", (list,), "[]api.Tool")
+    tools = _tools(body)
     if tools:
         payload["tools"] = tools
     payload.update(fields)
     payload.update(_stream_fields(stream))
     dropped += [key for key in ("truncate", "shift") if body.get(key) is not None]
     return UpstreamRequest(CHAT_PATH, payload, stream, list(dict.fromkeys(dropped)))
+
+
+def _tools(body: dict[str, Any]) -> list[Any] | None:
+    """`tools`, checked: a list of objects whose `function` is an object with a non-empty string `name`.
+    Go's decoder refuses what is not an object [T]; a function without a name would reach the upstream, which
+    answers 500 with its parser's text (llama-server: "Failed to parse tools"), so it is a 400 here."""
+    tools = _want(body, "tools", (list,), "[]api.Tool")
+    for tool in tools or []:
+        if not isinstance(tool, dict):
+            raise OllamaError(
+                400, f"json: cannot unmarshal {_go_type(tool)} into Go struct field .tools of type api.Tool"
+            )
+        function = tool.get("function")
+        if not isinstance(function, dict) or not isinstance(function.get("name"), str) or not function["name"]:
+            raise OllamaError(400, "invalid tool: function.name is required")
+    return tools
 
 
 def generate_request(
@@ -652,6 +668,9 @@ def generate_request(
     suffix = _want(body, "suffix", (str,), "string") or ""
     raw = bool(_want(body, "raw", (bool,), "bool"))
     template = _want(body, "template", (str,), "string")
+    context = _want(body, "context", (list,), "[]int")
+    if context and not all(isinstance(item, int) and not isinstance(item, bool) for item in context):
+        raise OllamaError(400, "json: cannot unmarshal context: expected an array of integers")
     if raw and (template or system or body.get("context")):
         raise OllamaError(400, "raw mode does not support template, system, or context")
     if template:
@@ -1277,7 +1296,8 @@ def _details_cached(path: str, _size: int, _mtime_ns: int) -> dict[str, Any]:
 
 def _capabilities(template: str, embedding: bool, vision: bool, insert: bool) -> list[str]:
     """Ollama's rules (server/images.go): tools when the template mentions "tools" or "tool_call", thinking when
-    it has `<think>` and `</think>`, embedding instead of completion for pooling models [R]."""
+    it has `<think>` and `</think>` (or another sign of reasoning, _THINKING_MARKS), embedding instead of
+    completion for pooling models [R]."""
     capabilities = ["embedding" if embedding else "completion"]
     if "tools" in template or "tool_call" in template:
         capabilities.append("tools")
@@ -1285,9 +1305,15 @@ def _capabilities(template: str, embedding: bool, vision: bool, insert: bool) ->
         capabilities.append("insert")
     if vision:
         capabilities.append("vision")
-    if "<think>" in template and "</think>" in template:
+    if ("<think>" in template and "</think>" in template) or any(mark in template for mark in _THINKING_MARKS):
         capabilities.append("thinking")
     return capabilities
+
+
+# Signs of reasoning in a Jinja chat template besides <think> tags, so that `think` is not refused (400) for a
+# model that can: Qwen3/DeepSeek's `enable_thinking` switch, llama.cpp's `reasoning_content`, gpt-oss's harmony
+# channels and `message.thinking`, Mistral's [THINK], Seed's <seed:think>.
+_THINKING_MARKS = ("enable_thinking", "reasoning_content", "<|channel|>", ".thinking", "[THINK]", "<seed:think>")
 
 
 def _gguf_details(path: Path) -> dict[str, Any]:

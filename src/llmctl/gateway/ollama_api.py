@@ -149,13 +149,22 @@ class OllamaApi:
             raise _refused(exc) from None
         request["model"] = model
         route = self._route(model)
+        details = await self.details(route)
+        if route.backend != "ollama":
+            # Every field is checked before anything else happens, a load-only request's too: Ollama binds the
+            # whole body first, so `{"prompt": [], "keep_alive": 0}` is a 400, never an unload.
+            try:
+                _translate(kind, payload, route, details)
+            except ollama.OllamaError as exc:
+                raise _refused(exc) from None
         if ollama.is_load_request(payload, kind):
             return await self._load(route, kind, model, keep_alive)
-        call = _Call(self.gateway, request, route, kind, model, payload)
+        call = _Call(self.gateway, request, route, kind, model, payload, details)
         try:
             return await call.run()
         finally:
-            if keep_alive is not None:
+            # Only a request the runner admitted moves its ttl: a refused one (400, 404, 503) leaves it alone.
+            if keep_alive is not None and call.admitted:
                 self.gateway.link.keep_alive(call.route.name, keep_alive)
 
     async def _load(self, route: Route, kind: str, model: str, keep_alive: float | None) -> web.Response:
@@ -176,7 +185,7 @@ class OllamaApi:
         assert spec is not None
         body = await read_body(request, spec.max_body, BODY_TIMEOUT)
         try:
-            payload = json.loads(body) if body.strip() else {}
+            payload = json.loads(body, parse_constant=_no_constant) if body.strip() else {}
         except (ValueError, RecursionError):
             raise Refused(400, "invalid JSON in the request body", "ollama_error") from None
         if not isinstance(payload, dict):
@@ -192,6 +201,12 @@ class OllamaApi:
         if route is None:
             raise Refused(404, f"model '{name}' not found", "model_not_found")
         return route
+
+
+def _no_constant(name: str) -> Any:
+    """NaN, Infinity and -Infinity are not JSON (RFC 8259 §6): Python's parser takes them, Go's (Ollama's) and
+    llama-server's do not. Refused here, so none reaches an upstream that would answer with its parser's text."""
+    raise ValueError(f"{name} is not a JSON value")
 
 
 def _sizes(instance: dict[str, Any]) -> tuple[int, int]:
@@ -214,12 +229,14 @@ async def _admit(gateway: Gateway, route: Route) -> tuple[int, Route]:
         raise Refused(admission.status, admission.message, admission.code, admission.retry_after) from None
 
 
-def _translate(kind: str, payload: dict[str, Any], route: Route) -> ollama.UpstreamRequest:
-    """The OpenAI request for an Ollama one (llmctl.gateway.ollama). Raises OllamaError."""
+def _translate(kind: str, payload: dict[str, Any], route: Route, details: dict[str, Any]) -> ollama.UpstreamRequest:
+    """The OpenAI request for an Ollama one (llmctl.gateway.ollama); `details` (model_details of the route's
+    model) give its capabilities, so `think` asked of a model that cannot is Ollama's 400. Raises OllamaError."""
+    capabilities = details.get("capabilities")
     if kind == "chat":
-        return ollama.chat_request(payload, route.upstream_model, route.backend)
+        return ollama.chat_request(payload, route.upstream_model, route.backend, capabilities=capabilities)
     if kind == "generate":
-        return ollama.generate_request(payload, route.upstream_model, route.backend)
+        return ollama.generate_request(payload, route.upstream_model, route.backend, capabilities=capabilities)
     if kind == "embed":
         return ollama.embed_request(payload, route.upstream_model)
     return ollama.embeddings_request(payload, route.upstream_model)
@@ -231,10 +248,18 @@ class _Call:
     (the activity row)."""
 
     def __init__(
-        self, gateway: Gateway, request: web.Request, route: Route, kind: str, model: str, payload: dict[str, Any]
+        self,
+        gateway: Gateway,
+        request: web.Request,
+        route: Route,
+        kind: str,
+        model: str,
+        payload: dict[str, Any],
+        details: dict[str, Any],
     ) -> None:
         self.gateway, self.request, self.route = gateway, request, route
-        self.kind, self.model, self.payload = kind, model, payload
+        self.kind, self.model, self.payload, self.details = kind, model, payload, details
+        self.admitted = False  # the runner counted it: only then does its keep_alive apply
         self.started = time.monotonic()
         self.started_ns = time.monotonic_ns()
         self.loaded_ns: int | None = None
@@ -247,34 +272,36 @@ class _Call:
         try:
             path, body = self._upstream_request()
             request_id, self.route = await _admit(self.gateway, self.route)
+            self.admitted = True
+            self.loaded_ns = time.monotonic_ns()  # ready: what came before was loading (load_duration)
+            metric = self.gateway.metric(self.route.name)
+            metric.in_flight += 1  # the whole answer, as the OpenAI path counts it (llmctl_in_flight)
             try:
-                upstream = await self._send(path, body)
-            except Unreachable:
-                self.gateway.link.end(request_id, 503, time.monotonic() - self.started)
-                request_id = None
-                request_id, self.route = await _admit(self.gateway, self.route)
                 try:
-                    upstream = await self._send(path, body)
-                except Unreachable as exc:
-                    raise self.gateway.upstream_failed(self.route, exc.__cause__ or exc, self.request) from None
-            async with upstream:
-                return await self._answer(upstream)
+                    upstream = await self.gateway.send_upstream(self.request, self.route, path, body)
+                except Unreachable:
+                    self.gateway.link.end(request_id, 503, time.monotonic() - self.started)
+                    request_id = None
+                    request_id, self.route = await _admit(self.gateway, self.route)
+                    self.loaded_ns = time.monotonic_ns()
+                    try:
+                        upstream = await self.gateway.send_upstream(self.request, self.route, path, body)
+                    except Unreachable as exc:
+                        raise self.gateway.upstream_failed(self.route, exc.__cause__ or exc, self.request) from None
+                async with upstream:
+                    return await self._answer(upstream)
+            finally:
+                metric.in_flight -= 1
         except Refused as refused:
             self.status = refused.status
+            raise
+        except asyncio.CancelledError:
+            self.status = 499  # the client went away (aiohttp cancels the handler): counted as such, not as served
             raise
         finally:
             if request_id is not None:
                 self.gateway.link.end(request_id, self.status, time.monotonic() - self.started)
             self.gateway.observe(self.route.name, self.status, self.started, self.tap)
-
-    async def _send(self, path: str, body: bytes) -> aiohttp.ClientResponse:
-        self.loaded_ns = time.monotonic_ns()
-        metric = self.gateway.metric(self.route.name)
-        metric.in_flight += 1
-        try:
-            return await self.gateway.send_upstream(self.request, self.route, path, body)
-        finally:
-            metric.in_flight -= 1
 
     def _upstream_request(self) -> tuple[str, bytes]:
         """(raw path, body) for the upstream: unchanged for an Ollama instance (only `model` set to its own
@@ -286,7 +313,7 @@ class _Call:
             payload = {**self.payload, "model": route.upstream_model or self.model}
             return f"/api/{self.kind}", json.dumps(payload).encode()
         try:
-            self.upstream = _translate(self.kind, self.payload, route)
+            self.upstream = _translate(self.kind, self.payload, route, self.details)
         except ollama.OllamaError as exc:
             raise _refused(exc) from None
         if self.upstream.dropped:
