@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import json
 import os
 import re
 import shutil
@@ -24,7 +25,6 @@ from .helpers import (
     free_port,
     llmctl,
     processes_mentioning,
-    status_json,
     supervisor_pid,
     wait_for,
     write_config,
@@ -171,6 +171,13 @@ def outside_fake():
     for server in started:
         server.kill()
         server.wait()
+
+
+def status_json(cwd: Path) -> dict:
+    """`llmctl status --json`, with all it said when it fails."""
+    result = llmctl("status", "--json", cwd=cwd)
+    assert result.returncode == 0, (result.returncode, result.stdout[-2000:], result.stderr)
+    return json.loads(result.stdout)
 
 
 def _answers(port: int) -> bool:
