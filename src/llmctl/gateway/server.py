@@ -479,13 +479,19 @@ class Gateway:
     # -- lifecycle and status over HTTP (llmctl's own API, for dashboards and scripts) ------------
 
     async def status_document(self) -> dict[str, Any]:
-        """The supervisor's status document (version 1, as `llmctl status --json`).
+        """The supervisor's status document (version 1, as `llmctl status --json`) as HTTP clients get it:
+        without each instance's `env` (the control socket serves only its owner; this port may serve other
+        local users, and an environment can hold what the redaction does not know is a secret).
         Raises Refused(503) when no supervisor answers."""
         try:
-            return await self.link.status_document()
+            document = await self.link.status_document()
         except NotAdmitted as refusal:
             admission = refusal.admission
             raise Refused(admission.status, admission.message, admission.code, admission.retry_after) from None
+        for instance in document.get("instances") or []:
+            if isinstance(instance, dict):
+                instance.pop("env", None)
+        return document
 
     async def lifecycle(self, name: str, action: str) -> dict[str, Any]:
         """Start or stop the instance NAME (or the one an alias names): `{"version": 1, "instance", "state"}`.
