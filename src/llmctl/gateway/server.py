@@ -580,10 +580,10 @@ class Gateway:
         finally:
             if request_id is not None:
                 self.link.end(request_id, status, time.monotonic() - started)
+                if keep_alive is not None:  # only for a request its instance admitted
+                    self.link.keep_alive(name, keep_alive)
             if name != "-":
                 self.observe(name, status, started, tap)
-                if keep_alive is not None:
-                    self.link.keep_alive(name, keep_alive)
 
     def observe(self, name: str, status: int, started: float, tap: Tap | None) -> None:
         """Count one finished request of instance `name` (`started`: its time.monotonic() on arrival) and
