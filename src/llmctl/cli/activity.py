@@ -114,18 +114,10 @@ def _number(value: object, digits: int) -> str:
 
 
 def _cells(row: dict[str, Any]) -> list[str]:
-    from llmctl.cli.render import visible
-
-    moment = row.get("time")
-    when = (
-        time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(moment))
-        if isinstance(moment, (int, float)) and not isinstance(moment, bool)
-        else "-"
-    )
     return [
-        when,
-        visible(str(row.get("instance", "-"))),
-        visible(str(row.get("api", "-"))),
+        _when(row.get("time")),
+        _text(row.get("instance")),
+        _text(row.get("api")),
         _number(row.get("status"), 0),
         _number(row.get("ttft_ms"), 0),
         _number(row.get("prompt_tokens"), 0),
@@ -134,6 +126,24 @@ def _cells(row: dict[str, Any]) -> list[str]:
         _number(row.get("completion_tokens_per_s"), 1),
         _number(row.get("duration_ms"), 0),
     ]
+
+
+def _when(moment: object) -> str:
+    """Epoch seconds as local `YYYY-MM-DD HH:MM:SS`; `-` for what is not a time the platform can show
+    (a corrupt row: a string, NaN, 1e300 or a year before 1 raise in time.localtime or strftime)."""
+    if isinstance(moment, bool) or not isinstance(moment, (int, float)):
+        return "-"
+    try:
+        return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(moment))
+    except (OverflowError, ValueError, OSError):
+        return "-"
+
+
+def _text(value: object) -> str:
+    """A text cell: control characters as escapes; `-` for what is not text (a corrupt row)."""
+    from llmctl.cli.render import visible
+
+    return visible(value) if isinstance(value, str) else "-"
 
 
 def _widths(rows: list[dict[str, Any]]) -> list[int]:

@@ -9,6 +9,7 @@ a full disk, say) is skipped.
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,12 +19,21 @@ from llmctl.logs.files import FOLLOW_POLL, MAX_BACKUPS, Tail, last_lines
 
 
 def parse_row(line: str) -> dict[str, Any] | None:
-    """One line of the file as a row, or None when it is not a JSON object."""
+    """One line of the file as a row, or None when it is not a JSON object. A figure JSON cannot carry
+    (NaN, Infinity, or a number too large for a float, such as 1e400) reads as null, so `--json` stays JSON.
+    A line nested too deeply for the parser (RecursionError) is not a row either."""
     try:
-        row = json.loads(line)
-    except ValueError:
+        row = json.loads(line, parse_constant=_no_constant)
+    except (ValueError, RecursionError):
         return None
-    return row if isinstance(row, dict) else None
+    if not isinstance(row, dict):
+        return None
+    return {key: None if isinstance(value, float) and not math.isfinite(value) else value for key, value in row.items()}
+
+
+def _no_constant(name: str) -> None:
+    """NaN, Infinity and -Infinity (which Python's json reads, but JSON has not) as null."""
+    return None
 
 
 def _wanted(row: dict[str, Any] | None, names: set[str] | None) -> bool:
