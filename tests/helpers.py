@@ -102,3 +102,13 @@ def supervisor_pid(state_dir: Path) -> int | None:
         return int((state_dir / "supervisor.lock").read_text().strip() or 0) or None
     except (OSError, ValueError):
         return None
+
+
+def llama_instance(name: str, model: Path, *args: str, port: int | None = None, extra: str = "") -> str:
+    """One llama.cpp instance as instances.yaml text (starting with a newline, for `instances:` + these), on
+    the CPU (`-ngl 0`), with `-c 1024 -np 1` unless `args` are given. `extra`: more keys, indented by 4."""
+    argv = json.dumps([*(args or ("-c", "1024", "-np", "1")), "-ngl", "0"])
+    where = free_port() if port is None else port
+    return (
+        f"\n  - name: {name}\n    backend: llama.cpp\n    model: {model}\n    port: {where}\n    args: {argv}\n{extra}"
+    )

@@ -12,7 +12,16 @@ import ollama
 import openai
 import pytest
 
-from .helpers import by_name, fake_server_command, free_port, llmctl, status_json, wait_for, write_config
+from .helpers import (
+    by_name,
+    fake_server_command,
+    free_port,
+    llama_instance,
+    llmctl,
+    status_json,
+    wait_for,
+    write_config,
+)
 
 QUESTION = [{"role": "user", "content": "Name three primary colors."}]
 
@@ -31,14 +40,7 @@ def test_rows_carry_the_upstreams_token_counts(tmp_path, real_model, llama_serve
     port = free_port()
     write_config(
         tmp_path,
-        f"""gateway: {{port: {port}}}
-instances:
-  - name: chat
-    backend: llama.cpp
-    model: {gguf}
-    port: {free_port()}
-    args: ["-c", "1024", "-np", "1", "-ngl", "0"]
-""",
+        f"gateway: {{port: {port}}}\ninstances:" + llama_instance("chat", gguf),
     )
     assert llmctl("up", cwd=tmp_path, timeout=240).returncode == 0
     client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="none", max_retries=0)

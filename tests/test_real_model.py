@@ -11,7 +11,7 @@ import urllib.request
 
 import pytest
 
-from .helpers import free_port, llmctl, write_config
+from .helpers import free_port, llama_instance, llmctl, write_config
 
 COLOURS = {"red", "blue", "yellow", "green"}
 
@@ -33,18 +33,9 @@ def test_both_backends_name_primary_colours_through_the_gateway(tmp_path, real_m
     gateway = free_port()
     write_config(
         tmp_path,
-        f"""gateway: {{port: {gateway}}}
-instances:
-  - name: chat
-    backend: llama.cpp
-    model: {gguf}
-    port: {free_port()}
-    args: ["-c", "1024", "-np", "1", "-ngl", "0"]
-  - name: mlx-chat
-    backend: mlx
-    model: {mlx}
-    port: {free_port()}
-""",
+        f"gateway: {{port: {gateway}}}\ninstances:"
+        + llama_instance("chat", gguf)
+        + f"  - name: mlx-chat\n    backend: mlx\n    model: {mlx}\n    port: {free_port()}\n",
     )
     up = llmctl("up", cwd=tmp_path)
     assert up.returncode == 0, up.stdout + up.stderr
