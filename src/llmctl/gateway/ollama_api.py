@@ -225,8 +225,7 @@ async def _admit(gateway: Gateway, route: Route) -> tuple[int, Route]:
     try:
         return await gateway.admit(route)
     except NotAdmitted as refusal:
-        admission = refusal.admission
-        raise Refused(admission.status, admission.message, admission.code, admission.retry_after) from None
+        raise Refused.of(refusal.admission) from None
 
 
 def _translate(kind: str, payload: dict[str, Any], route: Route, details: dict[str, Any]) -> ollama.UpstreamRequest:

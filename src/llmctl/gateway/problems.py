@@ -23,9 +23,12 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
+
+if TYPE_CHECKING:
+    from llmctl.planes import Admission
 
 FIELD_LIMIT = 200  # characters of one logged field, after escaping
 _ESCAPES = {"\\": "\\\\", '"': '\\"'}
@@ -46,6 +49,11 @@ class Refused(Exception):
     def message(self) -> str:
         """The message for people, as given."""
         return str(self)
+
+    @classmethod
+    def of(cls, admission: Admission) -> Refused:
+        """The answer for a request the supervisor would not admit (llmctl.planes.Admission)."""
+        return cls(admission.status, admission.message, admission.code, admission.retry_after)
 
 
 class Unreachable(Exception):

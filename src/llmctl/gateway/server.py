@@ -486,8 +486,7 @@ class Gateway:
         try:
             document = await self.link.status_document()
         except NotAdmitted as refusal:
-            admission = refusal.admission
-            raise Refused(admission.status, admission.message, admission.code, admission.retry_after) from None
+            raise Refused.of(refusal.admission) from None
         for instance in document.get("instances") or []:
             if isinstance(instance, dict):
                 instance.pop("env", None)
@@ -504,8 +503,7 @@ class Gateway:
         try:
             answer = await self.link.lifecycle(route.name, action)
         except NotAdmitted as refusal:
-            admission = refusal.admission
-            raise Refused(admission.status, admission.message, admission.code, admission.retry_after) from None
+            raise Refused.of(refusal.admission) from None
         return {"version": 1, "instance": route.name, "state": answer.get("state")}
 
     async def _status(self, request: web.Request) -> web.Response:
@@ -568,8 +566,7 @@ class Gateway:
             raise
         except NotAdmitted as refusal:
             status = refusal.admission.status
-            admission = refusal.admission
-            raise Refused(admission.status, admission.message, admission.code, admission.retry_after) from None
+            raise Refused.of(refusal.admission) from None
         except (asyncio.CancelledError, ConnectionResetError) as gone:
             status = 499
             duration = time.monotonic() - started
