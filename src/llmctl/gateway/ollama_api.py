@@ -263,6 +263,7 @@ class _Call:
         self.started_ns = time.monotonic_ns()
         self.loaded_ns: int | None = None
         self.status = 499
+        self.delivered = False  # the last line of a stream went out
         self.upstream: ollama.UpstreamRequest | None = None
         self.tap: Tap | None = None
 
@@ -295,7 +296,9 @@ class _Call:
             self.status = refused.status
             raise
         except asyncio.CancelledError:
-            self.status = 499  # the client went away (aiohttp cancels the handler): counted as such, not as served
+            # The client went away (aiohttp cancels the handler): counted as such, unless it had the whole
+            # answer (the `done` line) and closed before the chunked body's end.
+            self.status = 200 if self.delivered else 499
             raise
         finally:
             if request_id is not None:
@@ -373,6 +376,7 @@ class _Call:
             if _cut_short(upstream, self.tap):
                 raise aiohttp.ClientPayloadError("the connection closed before the stream's end ([DONE])")
             await response.write(b"".join(stream.finish()))
+            self.delivered = True
         except (ConnectionResetError, aiohttp.ClientConnectionResetError):
             self.status = 499
             return response

@@ -568,6 +568,9 @@ class Gateway:
             status = refusal.admission.status
             raise Refused.of(refusal.admission) from None
         except (asyncio.CancelledError, ConnectionResetError) as gone:
+            if tap is not None and tap.done:  # it read `data: [DONE]` and closed: aiohttp cancels the handler
+                status = 200
+                raise
             status = 499
             duration = time.monotonic() - started
             log_refusal(log, request.method, request.raw_path, request.get("model"), 499, "client_gone", duration)
