@@ -184,9 +184,11 @@ def _kind(spec: InstanceSpec, path: Path) -> str:
 
 
 def _size(path: Path) -> int:
+    """Bytes on disk of a model file, or of every file in a model folder, links followed: a Hugging Face
+    snapshot folder is links to its blobs (the size `init` and Ollama's /api/tags give the same model)."""
     if path.is_file():
         return path.stat().st_size
-    return sum(item.stat().st_size for item in path.rglob("*") if item.is_file() and not item.is_symlink())
+    return sum(item.stat().st_size for item in path.rglob("*") if item.is_file())
 
 
 # -- memory --------------------------------------------------------------------------------

@@ -82,7 +82,8 @@ def _models_in(folder: Path, label: str) -> Iterator[FoundModel]:
         if name.endswith(".gguf") and "mmproj" not in name.lower() and not _later_split_part(name):
             yield FoundModel("llama.cpp", str(path), label, _size(path))
         elif name == "config.json" and any(path.parent.glob("*.safetensors")):
-            size = sum(_size(item) for item in path.parent.glob("*.safetensors"))
+            # Every file of the folder, as doctor and /api/tags count it (not deeper: the walk is bounded).
+            size = sum(_size(item) for item in path.parent.iterdir() if item.is_file())
             yield FoundModel("mlx", _hub_id(path.parent) or str(path.parent), label, size)
 
 

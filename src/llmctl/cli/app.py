@@ -468,7 +468,9 @@ def completion(
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def estimate(
     ctx: typer.Context,
-    model: Annotated[str, typer.Argument(help="A GGUF file (llama.cpp) or an MLX model folder.", show_default=False)],
+    model: Annotated[
+        str, typer.Argument(help="A GGUF file (llama.cpp) or an MLX model folder.", show_default=False, metavar="MODEL")
+    ],
     backend: Annotated[
         str | None,
         typer.Option(
