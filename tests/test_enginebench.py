@@ -162,8 +162,16 @@ instances:
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--concurrency", "1,x"], "--concurrency '1,x': give positive whole numbers separated by commas, like 1,4"),
-        (["--concurrency", "0"], "--concurrency '0': give positive whole numbers separated by commas, like 1,4"),
+        (
+            ["--concurrency", "1,x"],
+            "--concurrency '1,x': give whole numbers from 1 to 1024 separated by commas, like 1,4",
+        ),
+        (["--concurrency", "0"], "--concurrency '0': give whole numbers from 1 to 1024 separated by commas, like 1,4"),
+        (["--concurrency", "²"], "--concurrency '²': give whole numbers from 1 to 1024 separated by commas, like 1,4"),
+        (
+            ["--concurrency", "1,1025"],
+            "--concurrency '1,1025': give whole numbers from 1 to 1024 separated by commas, like 1,4",
+        ),
         (["--runs", "0"], "--runs 0: give a whole number of at least 1"),
         (["--prompt-tokens", "-3"], "--prompt-tokens -3: give a whole number of at least 1"),
         (["--max-tokens", "0"], "--max-tokens 0: give a whole number of at least 1"),

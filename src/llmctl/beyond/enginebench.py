@@ -604,9 +604,11 @@ def draw_chart(document: dict[str, Any], path: Path) -> None:
         f"{host.get('system', '')} {host.get('machine', '')}",
         fontsize=10,
     )
-    figure.tight_layout()
-    figure.savefig(path, format="png", dpi=110)
-    plt.close(figure)
+    try:
+        figure.tight_layout()
+        figure.savefig(path, format="png", dpi=110)
+    finally:
+        plt.close(figure)  # pyplot keeps every figure until closed, failed or not
 
 
 def _values(rows: list[dict[str, Any]], key: str) -> list[float]:

@@ -6,6 +6,7 @@ names, or no gateway; 3 no supervisor runs (as `llmctl wait`).
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Any, Optional
@@ -15,16 +16,22 @@ import typer
 from llmctl.errors import ConfigError
 
 EXIT_FAILED = 1
+# Requests at once per level, at most: each is a task and a connection of this process; more is a typo
+# (`--concurrency 10000000000`), not a workload a single machine's engines serve.
+MAX_CONCURRENCY = 1024
 FILE_HELP = "Config file (default: $LLMCTL_CONFIG, then ./instances.yaml, then the running supervisor's)."
 
 
 def parse_levels(text: str) -> tuple[int, ...]:
-    """`1,4` -> (1, 4): positive request counts, duplicates dropped, in the order given. ConfigError otherwise."""
+    """`1,4` -> (1, 4): request counts from 1 to MAX_CONCURRENCY, duplicates dropped, in the order given.
+    ConfigError otherwise (ASCII digits only: str.isdigit also takes `²`, which int() refuses)."""
     levels = []
     for part in text.split(","):
         word = part.strip()
-        if not word.isdigit() or int(word) < 1:
-            raise ConfigError(f"--concurrency {text!r}: give positive whole numbers separated by commas, like 1,4")
+        if not (word.isascii() and word.isdigit()) or not 1 <= int(word) <= MAX_CONCURRENCY:
+            raise ConfigError(
+                f"--concurrency {text!r}: give whole numbers from 1 to {MAX_CONCURRENCY} separated by commas, like 1,4"
+            )
         levels.append(int(word))
     return tuple(dict.fromkeys(levels))
 
@@ -81,8 +88,8 @@ def bench(
     config = service.load_config(find_config_path(given, paths))
     with _ProgressBar(enabled=sys.stderr.isatty()) as bar:
         document = enginebench.run(paths, config, list(names or []), workload, on_step=bar.update)
-    if chart is not None:
-        enginebench.draw_chart(document, chart)
+    # The results first: a chart that cannot be written (a full disk, a folder made read-only meanwhile)
+    # must not lose a bench that took minutes.
     if json_output:
         from llmctl.cli.render import write_json
 
@@ -92,9 +99,21 @@ def bench(
     failed = [row for row in document["results"] if row["error"]]
     for row in failed:
         sys.stderr.write(f"llmctl: {row['instance']}: {row['error']}\n")
-    if chart is not None and not json_output:
-        print(f"wrote {chart}")
+    if chart is not None and not _write_chart(enginebench, document, chart, json_output):
+        raise typer.Exit(EXIT_FAILED)
     raise typer.Exit(EXIT_FAILED if failed else 0)
+
+
+def _write_chart(enginebench: Any, document: dict[str, Any], chart: Path, quiet: bool) -> bool:
+    """Draw the chart; False (and one line on stderr) when the file cannot be written."""
+    try:
+        enginebench.draw_chart(document, chart)
+    except OSError as exc:
+        sys.stderr.write(f"llmctl: --chart {chart}: {exc.strerror or exc}\n")
+        return False
+    if not quiet:
+        print(f"wrote {chart}")
+    return True
 
 
 def _check_chart_target(chart: Path, available: bool) -> None:
@@ -108,6 +127,8 @@ def _check_chart_target(chart: Path, available: bool) -> None:
         raise ConfigError(f"--chart {chart}: no folder {folder}")
     if chart.is_dir():
         raise ConfigError(f"--chart {chart}: is a folder; give a file name ending in .png")
+    if not os.access(folder, os.W_OK):
+        raise ConfigError(f"--chart {chart}: cannot write in {folder}")
 
 
 class _ProgressBar:

@@ -97,8 +97,17 @@ class KeyNeeded extends Error {}
 
 const keyState = {waiting: [], asked: false, refused: false};
 
+// What the gateway takes as a key (llmctl.gateway.edges.api_key_from): visible ASCII, no spaces. fetch() throws
+// on a header value outside ISO-8859-1, so a key the gateway could never accept must not reach a request.
+const KEY_SHAPE = /^[\x21-\x7e]+$/;
+
 function currentKey() {
-  return sessionStorage.getItem(KEY_STORE);
+  const key = sessionStorage.getItem(KEY_STORE);
+  if (key !== null && !KEY_SHAPE.test(key)) {
+    sessionStorage.removeItem(KEY_STORE); // planted or left by an older page: ask again rather than loop
+    return null;
+  }
+  return key;
 }
 
 function authHeaders(key) {
@@ -133,6 +142,10 @@ function onKeySubmit(event) {
   event.preventDefault();
   const key = $('key-input').value.trim();
   if (!key) return;
+  if (!KEY_SHAPE.test(key)) {
+    $('key-note').textContent = 'an API key is visible ASCII characters only (no spaces or accents): check it';
+    return;
+  }
   sessionStorage.setItem(KEY_STORE, key);
   keyState.refused = false;
   $('key-input').value = '';
