@@ -429,3 +429,18 @@ def test_a_deleted_state_folder_is_made_again_and_never_fought_over(tmp_path, st
     assert int((state_dir / "supervisor.lock").read_text()) == holder
     assert llmctl("down", cwd=tmp_path).returncode == 0
     wait_for(lambda: not processes_mentioning(str(port)), timeout=10)
+
+
+@pytest.mark.parametrize("key", ["my key", "k\u20acy", "abc\t", "tab\x7f"])
+def test_a_key_no_client_could_send_is_a_config_error(tmp_path, key):
+    from llmctl.errors import ConfigError
+    from llmctl.system.secrets import read_secret
+
+    with pytest.raises(ConfigError, match="visible ASCII"):
+        read_secret("gateway.api_key", "K", None, {"K": key})
+    path = tmp_path / "key"
+    path.write_text(key + "x\n")
+    path.chmod(0o600)
+    with pytest.raises(ConfigError, match="visible ASCII"):
+        read_secret("gateway.api_key", None, str(path), {})
+    assert read_secret("gateway.api_key", "K", None, {"K": "s3cret-key_~!"}) == "s3cret-key_~!"

@@ -111,6 +111,10 @@ class _Dashboard:
     def __init__(self, gateway: Any) -> None:
         self.gateway = gateway
         self.closing = asyncio.Event()  # set when the gateway shuts down: every stream ends
+        # One status request per poll for all open pages, not one each: (when asked, the answer) and the
+        # request in progress, which every page awaits.
+        self._latest: tuple[float, dict[str, Any]] | None = None
+        self._asking: asyncio.Future[dict[str, Any]] | None = None
 
     async def shutdown(self, app: web.Application) -> None:
         self.closing.set()
@@ -201,10 +205,22 @@ class _Dashboard:
                 last_write = time.monotonic()
 
     async def _status(self) -> dict[str, Any]:
+        """The status document (or `{"error": ...}`), shared by every page: asked again only once the last
+        answer is nearly POLL_S old, so N pages cost the supervisor one request a second, not N."""
+        latest = self._latest
+        if latest is not None and time.monotonic() - latest[0] < POLL_S * 0.9:
+            return latest[1]
+        if self._asking is None or self._asking.done():
+            self._asking = asyncio.ensure_future(self._ask())
+        return await asyncio.shield(self._asking)  # a page that leaves does not cancel the others' request
+
+    async def _ask(self) -> dict[str, Any]:
         try:
-            return await self.gateway.status_document()
+            document = await self.gateway.status_document()
         except Refused as refused:
-            return {"error": refused.message}
+            document = {"error": refused.message}
+        self._latest = (time.monotonic(), document)
+        return document
 
     async def _next_row(self, queue: asyncio.Queue[dict[str, Any]], timeout: float) -> dict[str, Any] | None:
         """The next activity row, or None once `timeout` seconds passed or the gateway is closing."""

@@ -21,7 +21,7 @@ def read_secret(label: str, env_name: str | None, file: str | None, environ: dic
         value = environ.get(env_name)
         if not value:
             raise ConfigError(f"{label}_env names ${env_name}, which is not set")
-        return value
+        return _sendable(value, f"{label}_env ${env_name}")
     if not file:
         return None
     path = os.path.expanduser(file)
@@ -35,4 +35,13 @@ def read_secret(label: str, env_name: str | None, file: str | None, environ: dic
         raise ConfigError(f"{label}_file {path} is not text") from None
     if not value:
         raise ConfigError(f"{label}_file {path} is empty")
+    return _sendable(value, f"{label}_file {path}")
+
+
+def _sendable(value: str, where: str) -> str:
+    """A key must be visible ASCII (RFC 9110 §5.5 field values, as `Authorization: Bearer` and `X-Api-Key`
+    carry it; llmctl.gateway.edges.api_key_from refuses anything else): one that no client could ever send
+    would lock everyone out without a word. Raises ConfigError."""
+    if not all("!" <= char <= "~" for char in value):
+        raise ConfigError(f"{where}: the key holds spaces or characters outside visible ASCII; no client could send it")
     return value

@@ -54,12 +54,13 @@ function visible(text) {
 }
 
 function bytes(value) {
+  // Binary units, as `llmctl status` and `doctor` print them (llmctl.memory.budget.format_bytes).
   if (value === null || value === undefined) return '–';
-  const units = ['B', 'KB', 'MB', 'GB', 'TB'];
+  const units = ['B', 'KiB', 'MiB', 'GiB', 'TiB'];
   let size = value;
   let unit = 0;
-  while (size >= 1000 && unit < units.length - 1) {
-    size /= 1000;
+  while (size >= 1024 && unit < units.length - 1) {
+    size /= 1024;
     unit += 1;
   }
   return (unit === 0 ? String(size) : size.toFixed(size < 10 ? 2 : 1)) + ' ' + units[unit];
@@ -437,6 +438,7 @@ function addActivity(row) {
   const key = rowKey(row);
   if (seen.has(key)) return;
   seen.add(key);
+  if (seen.size > 4 * MAX_ACTIVITY_ROWS) seen.delete(seen.values().next().value); // oldest first: bounded
   const tr = el('tr', 'request');
   tr.dataset.instance = row.instance;
   const tokens = `${row.prompt_tokens ?? '–'} / ${row.completion_tokens ?? '–'}`;
