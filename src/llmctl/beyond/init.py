@@ -8,9 +8,11 @@ cache; Ollama's pulled models. Each becomes an instance on a free port.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
+import socket
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -213,11 +215,30 @@ def _name_for(model: FoundModel, taken: set[str]) -> str:
 
 
 def _free_port(start: int, taken: set[int], host: str) -> int:
+    """The first port from `start` not in `taken` and unused on this machine (then added to `taken`)."""
     port = start
-    while port in taken or not port_is_free(host, port):
+    while port in taken or not _unused(host, port):
         port += 1
     taken.add(port)
     return port
+
+
+def _unused(host: str, port: int) -> bool:
+    """Free on `host` and on no other address either: a server on [::1]:PORT would answer clients of
+    `localhost:PORT` (tried first there) in place of ours, though 127.0.0.1:PORT binds."""
+    if not port_is_free(host, port):
+        return False
+    for wildcard, family in (("0.0.0.0", socket.AF_INET), ("::", socket.AF_INET6)):
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            try:
+                probe.bind((wildcard, port))
+            except OSError as exc:  # another error (no IPv6 on this machine): nothing listens there
+                if exc.errno == errno.EADDRINUSE:
+                    return False
+    return True
 
 
 def write(path: Path, text: str, force: bool) -> None:

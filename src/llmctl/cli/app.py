@@ -634,6 +634,18 @@ class _Command(typer.core.TyperCommand):
         except BrokenPipeError:
             render.end_by_sigpipe()
 
+    def make_context(self, *args: Any, **kwargs: Any) -> Any:
+        """`--help` is printed while the context is made, before invoke: a closed pipe ends it quietly too
+        (click's and Rich's own handling would exit 1)."""
+        try:
+            return super().make_context(*args, **kwargs)
+        except BrokenPipeError:
+            render.end_by_sigpipe()
+        except SystemExit as exc:  # Rich (which prints the help) exits 1 on a closed pipe
+            if isinstance(exc.__context__, BrokenPipeError):
+                render.end_by_sigpipe()
+            raise
+
     def get_params(self, ctx: Any) -> list[Any]:
         params = super().get_params(ctx)
         for param in params:

@@ -67,7 +67,8 @@ def report_settled(
         render.write_json(statusdoc.with_version(payload))
     elif not wait and actions is not None:
         for name, action in actions.items():
-            print(f"{name}: {action}")
+            if name not in on_demand:  # said above, with what it means
+                print(f"{name}: {action}")
     for instance in failed:
         explain_failure(instance)
     if timed_out:

@@ -369,7 +369,8 @@ def clashes(prepared: Any, valid: list[tuple[int, InstanceSpec]]) -> list[Proble
     integer `port:` counts too, so one bad field hides no clash."""
     entries = prepared.get("instances") if isinstance(prepared, Mapping) else None
     entries = entries if isinstance(entries, list) else []
-    ports = {index: spec.port for index, spec in valid}
+    # An external server on another machine holds no port here: it clashes with nothing local.
+    ports = {index: spec.port for index, spec in valid if not (spec.external and _remote(spec.host))}
     problems: list[Problem] = []
     seen_names: set[str] = set()
     for index, entry in enumerate(entries):
@@ -379,11 +380,25 @@ def clashes(prepared: Any, valid: list[tuple[int, InstanceSpec]]) -> list[Proble
                 problems.append((("instances", index, "name"), f"duplicate name {name!r}"))
             seen_names.add(name)
         raw_port = entry.get("port") if isinstance(entry, Mapping) else None
-        if index not in ports and isinstance(raw_port, int) and not isinstance(raw_port, bool):
+        host = entry.get("host") if isinstance(entry, Mapping) else None
+        remote = isinstance(host, str) and entry.get("backend") == "external" and _remote(host)
+        if index not in ports and not remote and isinstance(raw_port, int) and not isinstance(raw_port, bool):
             ports[index] = raw_port
     problems += _port_clashes(prepared, entries, ports)
     problems += _alias_clashes(entries, seen_names)
     return problems
+
+
+def _remote(host: str) -> bool:
+    """A host name or address that is not this machine's loopback or wildcard (where llmctl binds)."""
+    if host.strip("[]").lower() in ("localhost", "0.0.0.0", "::", ""):
+        return False
+    import ipaddress
+
+    try:
+        return not ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return not host.lower().endswith(".localhost")
 
 
 def _port_clashes(prepared: Mapping[str, Any], entries: list[Any], ports: dict[int, int]) -> list[Problem]:

@@ -145,6 +145,10 @@ class Supervisor:
                 actions[spec.name] = "running" if runner.spec == spec else "recreated"  # type: ignore[union-attr]
             else:  # an on-demand instance waits for its first request, unless named
                 actions[spec.name] = "on demand" if spec.on_demand and not names else "starting"
+        for spec in selected:  # a failed one the gateway would refuse: back to standby, so its next request starts it
+            runner = self.runners.get(spec.name)
+            if actions[spec.name] == "on demand" and runner is not None and runner.state is State.FAILED:
+                await runner.request("stop", f"up: back to standby after {runner.last_error or 'a failure'}")
         to_start = [spec for spec in selected if actions[spec.name] in ("starting", "recreated")]
         if not force:
             self._check_budget(to_start)  # before anything starts: all or nothing

@@ -298,7 +298,9 @@ class Tap:
         if body is None:
             return
         self._note_figures(body)
-        if body.get("done") is True:
+        # Ollama's chat and generate replies end with `done`; its /api/embed reply has no `done` but counts
+        # the input in prompt_eval_count (api/types.go EmbedResponse).
+        if body.get("done") is True or (self.api == "ollama" and _count(body.get("prompt_eval_count")) is not None):
             self.ollama = body
 
     def figures(self) -> dict[str, Any]:

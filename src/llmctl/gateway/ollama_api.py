@@ -309,7 +309,8 @@ class _Call:
         """(raw path, body) for the upstream: unchanged for an Ollama instance (only `model` set to its own
         name), translated otherwise."""
         route = self.route
-        stream = self.payload.get("stream") is not False  # Ollama streams unless told not to
+        # Ollama streams chat and generate unless told not to; embeddings are one JSON answer, always.
+        stream = self.kind in ("chat", "generate") and self.payload.get("stream") is not False
         self.tap = Tap(route.name, self.model, "ollama", self.request.path, stream, False, self.started)
         if route.backend == "ollama":
             payload = {**self.payload, "model": route.upstream_model or self.model}

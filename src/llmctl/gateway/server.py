@@ -490,6 +490,9 @@ class Gateway:
         for instance in document.get("instances") or []:
             if isinstance(instance, dict):
                 instance.pop("env", None)
+                # The other names the gateway answers to for it (both APIs), for the dashboard to show.
+                route = self.link.routes.get(str(instance.get("name")))
+                instance["aliases"] = list(route.aliases) if route is not None else []
         return document
 
     async def lifecycle(self, name: str, action: str) -> dict[str, Any]:
@@ -517,6 +520,11 @@ class Gateway:
 
     def _resolve(self, model: str) -> Route:
         route = self.link.resolve(model)
+        if route is None:
+            # A name that differs only by case from exactly one known name is that one: Ollama's API matches
+            # names regardless of case, and an app moving between the two APIs keeps its spelling.
+            folded = [known for known in self.link.known_models() if known.casefold() == model.casefold()]
+            route = self.link.resolve(folded[0]) if len(folded) == 1 else None
         if route is None:
             known = self.link.known_models()
             raise Refused(
@@ -724,6 +732,17 @@ class Gateway:
             error = error_body(502, f"{route.name} {why}; see `llmctl logs {route.name}`", "upstream_error")
             try:
                 await response.write(b"event: error\ndata: " + json.dumps(error).encode() + b"\n\n")
+                await response.write_eof()
+            except (ConnectionResetError, aiohttp.ClientConnectionResetError):
+                pass
+            return
+        if upstream.headers.get("Content-Type", "").startswith("application/x-ndjson"):
+            # An Ollama instance's stream: Ollama ends a stream that fails mid-answer with an `{"error": ...}`
+            # line (server/routes.go), which its clients raise as ResponseError; a cut body would be read as
+            # an unexplained connection error.
+            line = json.dumps({"error": f"{route.name} {why}; see `llmctl logs {route.name}`"}).encode() + b"\n"
+            try:
+                await response.write(line)
                 await response.write_eof()
             except (ConnectionResetError, aiohttp.ClientConnectionResetError):
                 pass

@@ -45,11 +45,22 @@ def _decode(lines: list[bytes]) -> list[str]:
 
 
 def last_lines(path: Path, count: int, keep: Callable[[str], bool] | None = None) -> list[str]:
-    """The last `count` lines of a log (of those `keep` accepts, when given), read from the end so a
-    large log costs little: about count × MAX_LINE bytes, however long its lines, read again over a
-    window four times wider while too few lines were kept and more of the file is left."""
+    """The last `count` lines of a log and, when it holds fewer, of its rotations (of those `keep`
+    accepts, when given), read from the end so a large log costs little: about count × MAX_LINE bytes,
+    however long its lines, read again over a window four times wider while too few lines were kept
+    and more of the file is left."""
     if count <= 0:
         return []
+    shown: list[str] = []
+    for file in reversed(_chain(path)):  # the live log, then NAME.log.1, ...: a fresh rotation hides nothing
+        shown = _last_kept(file, count - len(shown), keep) + shown
+        if len(shown) >= count:
+            break
+    return shown[-count:]
+
+
+def _last_kept(path: Path, count: int, keep: Callable[[str], bool] | None) -> list[str]:
+    """The last `count` lines `keep` accepts of one file (fewer when the file has fewer)."""
     window = count
     while True:
         lines, whole = _tail(path, window)

@@ -310,6 +310,8 @@ function fillInstance(view, instance, pools) {
   cells.name.replaceChildren(el('span', 'name', instance.name));
   const what = [instance.backend, instance.model ? String(instance.model).split('/').pop() : null];
   cells.name.append(el('span', 'sub', what.filter(Boolean).join(' · ')));
+  const aliases = Array.isArray(instance.aliases) ? instance.aliases.filter((a) => typeof a === 'string') : [];
+  if (aliases.length) cells.name.append(el('span', 'sub aliases', `also: ${aliases.join(', ')}`));
   const state = el('span', 'state', instance.state + (instance.standby ? ' (standby)' : ''));
   state.dataset.state = instance.state;
   state.dataset.outcome = instance.outcome;
