@@ -154,3 +154,27 @@ def test_check_json_on_a_file_that_cannot_be_read_still_answers_in_json(tmp_path
     document = json.loads(result.stdout)
     assert document["ok"] is False and document["problems"][0]["line"] is None
     assert "config file not found" in document["problems"][0]["message"]
+
+
+def test_a_duplicate_key_is_one_problem_among_the_others(tmp_path):
+    text = """gateway: {port: 18080}
+instances:
+  - name: a
+    backend: command
+    command: ["x"]
+    port: 18081
+    port: 18082
+  - name: b
+    backend: command
+    command: ["x"]
+    port: 18081
+    bogus: 2
+"""
+    path = tmp_path / "instances.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as error:
+        parse_config(text, path)
+    problems = error.value.problems
+    assert f"{path}:7: duplicate key 'port' (first on line 6)" in problems
+    assert any(line.startswith(f"{path}:12:") and "bogus" in line for line in problems)
+    assert any(line.startswith(f"{path}:11:") and "18081" in line for line in problems)  # the first port is kept

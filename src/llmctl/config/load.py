@@ -35,13 +35,14 @@ def parse_config(text: str, path: Path, check_backends: bool = True) -> Config:
     for `llmctl doctor`, which reports those itself beside everything else. Any problem is a
     ConfigError whose `problems` hold every problem of the file, one located line each."""
     document = _parse(text, path)
+    duplicates = [located(path, line, message) for line, message in getattr(document, "duplicates", [])]
     unset: list[Problem] = []
     prepared = prepare(document, path.parent, DefaultsModel.model_fields, unset)
     verdict = validate(prepared, str(path))
     # Every problem at once: the instances that are valid on their own get the backend checks too.
     beside = verdict.problems + (_backend_problems(verdict.valid) if check_backends else [])
-    if verdict.config is None or beside or unset:
-        lines = every_line(path, document, verdict.error, ConfigModel, SECTION_MODELS, unset, beside)
+    if verdict.config is None or beside or unset or duplicates:
+        lines = duplicates + every_line(path, document, verdict.error, ConfigModel, SECTION_MODELS, unset, beside)
         raise ConfigError(summary(lines), lines)
     return verdict.config
 

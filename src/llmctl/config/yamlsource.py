@@ -1,7 +1,8 @@
 """Step 2 of the config pipeline: parse the text as YAML, safely, remembering where each value came from.
 
 `yaml.safe_load` silently keeps the last of two equal keys and forgets line numbers; a config error
-that cannot point at its line is half an error. This loader rejects duplicate keys and returns dicts
+that cannot point at its line is half an error. This loader reports duplicate keys (with the rest of the
+file's problems, llmctl.config.load) and returns dicts
 and lists that know the line of each of their entries (llmctl.config.locate reads them back).
 """
 
@@ -21,10 +22,12 @@ class YamlSyntaxError(ValueError):
 
 
 class LineDict(dict):
-    """A mapping from YAML; `lines[key]` is the 1-based line of that key."""
+    """A mapping from YAML; `lines[key]` is the 1-based line of that key. The document's top mapping also
+    has `duplicates`: (line, message) for every key given twice anywhere in it (the first one is kept)."""
 
     lines: dict[Any, int]
     line: int
+    duplicates: list[tuple[int, str]]
 
 
 class LineList(list):
@@ -35,6 +38,10 @@ class LineList(list):
 
 
 class _LineLoader(_Loader):  # type: ignore[misc, valid-type]
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self.duplicates: list[tuple[int, str]] = []  # (line, message) of each key given twice; the first is kept
+
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> LineDict:
         result = LineDict()
         result.lines = {}
@@ -46,10 +53,10 @@ class _LineLoader(_Loader):  # type: ignore[misc, valid-type]
                 hash(key)
             except TypeError:
                 raise YamlSyntaxError("a mapping key must be a plain value", key_node.start_mark.line + 1) from None
-            if key in result:
-                raise YamlSyntaxError(
-                    f"duplicate key '{key}' (first on line {result.lines[key]})", key_node.start_mark.line + 1
-                )
+            if key in result:  # noted, not raised: `check` lists it beside every other problem
+                line = key_node.start_mark.line + 1
+                self.duplicates.append((line, f"duplicate key '{key}' (first on line {result.lines[key]})"))
+                continue
             result[key] = self.construct_object(value_node, deep=True)
             result.lines[key] = key_node.start_mark.line + 1
         return result
@@ -108,7 +115,12 @@ def load_yaml(text: str) -> Any:
             if root is None:
                 return None
             _check_expansion(root)
-            return loader.construct_document(root)
+            document = loader.construct_document(root)
+            if isinstance(document, LineDict):
+                document.duplicates = loader.duplicates
+            elif loader.duplicates:  # not a mapping at the top: nothing else will be checked, so say it now
+                raise YamlSyntaxError(loader.duplicates[0][1], loader.duplicates[0][0])
+            return document
         finally:
             loader.dispose()
     except yaml.MarkedYAMLError as exc:
