@@ -31,7 +31,9 @@ def big(tmp_path: Path, big_gguf_model: Path, names: list[str], extra: str = "  
 
 def fleet(tmp_path: Path, budget: str, entries: str) -> str:
     port = free_port()
-    write_config(tmp_path, f"memory_budget: {budget}\ngateway: {{port: {port}, drain_timeout: 30}}\ninstances:{entries}")
+    write_config(
+        tmp_path, f"memory_budget: {budget}\ngateway: {{port: {port}, drain_timeout: 30}}\ninstances:{entries}"
+    )
     result = llmctl("up", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     return f"http://127.0.0.1:{port}"
@@ -64,7 +66,9 @@ class Watch:
         self._thread.join()
 
 
-def test_a_model_requested_while_another_loads_stays_within_the_budget(tmp_path, state_dir, big_gguf_model, llama_server):
+def test_a_model_requested_while_another_loads_stays_within_the_budget(
+    tmp_path, state_dir, big_gguf_model, llama_server
+):
     """A budget that holds one: B is asked for while A still loads. A counts by its estimate while it
     loads (not by the little it mapped so far), so B waits for A's request and then evicts it."""
     url = fleet(tmp_path, "450MiB", big(tmp_path, big_gguf_model, ["a", "b"]))
@@ -87,13 +91,17 @@ def test_an_instance_of_unknown_size_is_not_counted_as_zero(tmp_path, state_dir,
     assert "1.0 GiB" in refused.json()["error"]["message"]
     write_config(
         tmp_path,
-        (tmp_path / "instances.yaml").read_text().replace("    on_demand: true\n", "    on_demand: true\n    max_memory: 64MiB\n"),
+        (tmp_path / "instances.yaml")
+        .read_text()
+        .replace("    on_demand: true\n", "    on_demand: true\n    max_memory: 64MiB\n"),
     )
     assert llmctl("up", cwd=tmp_path).returncode == 0
     assert ask(url, "unknown").status_code == 200  # its max_memory fits
 
 
-def test_a_model_that_cannot_fit_alone_is_refused_at_once_and_nothing_stops(tmp_path, state_dir, big_gguf_model, llama_server):
+def test_a_model_that_cannot_fit_alone_is_refused_at_once_and_nothing_stops(
+    tmp_path, state_dir, big_gguf_model, llama_server
+):
     entries = command_instance("small", free_port(), extra="    on_demand: true\n    max_memory: 32MiB\n") + big(
         tmp_path, big_gguf_model, ["huge"]
     )

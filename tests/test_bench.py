@@ -20,7 +20,9 @@ def test_bench_harness_quick_run_writes_results_and_chart(tmp_path):
                   "minimal servers", "through the gateway"):  # fmt: skip
         assert claim in results, claim
     assert "Machine:" in results and "Versions:" in results and "supervisor" in results
-    main_table = results.split("\n## ")[0]  # sections after it (the GPU one, from bench/GPU.md) have tables of their own
+    main_table = results.split("\n## ")[
+        0
+    ]  # sections after it (the GPU one, from bench/GPU.md) have tables of their own
     rows = [line for line in main_table.splitlines() if line.startswith("| ") and "claim" not in line]
     assert all(line.count("|") == 8 for line in rows) and len(rows) >= 9
     assert (tmp_path / "ratios.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -45,7 +45,9 @@ def test_a_changed_cli_makes_the_check_fail(tmp_path):
 
     global_options, commands = model(_group())
     first = commands[0]
-    changed = first.__class__(first.name, first.help, (*first.options, Option(("--brand-new",), "", False, False)), True)
+    changed = first.__class__(
+        first.name, first.help, (*first.options, Option(("--brand-new",), "", False, False)), True
+    )
     assert _bash(global_options, (changed, *commands[1:])) != (ROOT / "completions" / "llmctl.bash").read_text()
 
 
@@ -53,7 +55,7 @@ def bash_complete(line: str, cwd: Path, env: dict[str, str] | None = None) -> li
     script = (
         f"source {ROOT / 'completions' / 'llmctl.bash'}\n"
         f"COMP_LINE={line!r}\n"
-        "read -ra COMP_WORDS <<< \"$COMP_LINE\"\n"
+        'read -ra COMP_WORDS <<< "$COMP_LINE"\n'
         '[[ $COMP_LINE == *" " ]] && COMP_WORDS+=("")\n'
         "COMP_CWORD=$(( ${#COMP_WORDS[@]} - 1 ))\n"
         "_llmctl\n"

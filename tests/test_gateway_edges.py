@@ -57,10 +57,20 @@ def refusal(call, *args, **kwargs) -> Refused:
 
 @pytest.mark.parametrize(
     ("status", "kind"),
-    [(400, "invalid_request_error"), (401, "invalid_request_error"), (403, "invalid_request_error"),
-     (404, "invalid_request_error"), (408, "invalid_request_error"), (413, "invalid_request_error"),
-     (415, "invalid_request_error"), (429, "invalid_request_error"), (500, "server_error"),
-     (502, "server_error"), (503, "server_error"), (504, "server_error")],
+    [
+        (400, "invalid_request_error"),
+        (401, "invalid_request_error"),
+        (403, "invalid_request_error"),
+        (404, "invalid_request_error"),
+        (408, "invalid_request_error"),
+        (413, "invalid_request_error"),
+        (415, "invalid_request_error"),
+        (429, "invalid_request_error"),
+        (500, "server_error"),
+        (502, "server_error"),
+        (503, "server_error"),
+        (504, "server_error"),
+    ],
 )
 def test_error_body_is_openais_shape(status, kind):
     assert error_body(status, "why", "a_code") == {
@@ -133,19 +143,77 @@ def test_log_refusal_writes_one_line_a_client_cannot_forge(caplog):
 # -- Host: DNS rebinding -----------------------------------------------------------------------------------------
 
 LOOPBACK_HOSTS = [
-    "127.0.0.1", "127.0.0.1:8080", "127.255.255.254:65535", "127.0.0.1:1", "localhost", "LocalHost:11434",
-    "[::1]", "[::1]:4000", "[0:0:0:0:0:0:0:1]:80", "[::ffff:127.0.0.1]", "[::ffff:127.0.0.1]:8080",
-    "[::ffff:7f00:1]", "127.0.0.1:08080",
+    "127.0.0.1",
+    "127.0.0.1:8080",
+    "127.255.255.254:65535",
+    "127.0.0.1:1",
+    "localhost",
+    "LocalHost:11434",
+    "[::1]",
+    "[::1]:4000",
+    "[0:0:0:0:0:0:0:1]:80",
+    "[::ffff:127.0.0.1]",
+    "[::ffff:127.0.0.1]:8080",
+    "[::ffff:7f00:1]",
+    "127.0.0.1:08080",
 ]
 FOREIGN_HOSTS = [
-    None, "", " ", "127.0.0.1.evil.com", "127.1.2.3.nip.io", "localhost.evil.com", "evil.localhost", "localhost.",
-    "127.0.0.1.", "127.0.0.1:abc", "127.0.0.1:99999", "127.0.0.1:0", "127.0.0.1:", "127.0.0.1: 80",
-    "127.0.0.1 :80", "127.0.0.1:80:80", " 127.0.0.1", "a@127.0.0.1", "user:pw@localhost", "::1", "::1:80",
-    "[::1", "[::1]x", "[::1]:", "[::1]:abc", "[]", "[::1%25lo]", "[::1%lo]", "127.0.0.1%2f", "127%2e0.0.1",
-    "2130706433", "0x7f.1", "0x7f000001", "017700000001", "0177.0.0.1", "0127.0.0.1", "127.1", "127.0.1",
-    "127.000.000.001", "1.2.3.4", "0.0.0.0", "[::]", "[::127.0.0.1]", "[::ffff:1.2.3.4]", "[fe80::1]",
-    "１２７.0.0.1", "127.0.0.1\u200b", "lоcalhost", "localhost\x00", "localhost\r\nX: y", "127.0.0.1/x",
-    "127.0.0.1\\@evil.com", "127.0.0.1#", "127.0.0.1?", "localhost,evil.com", "http://127.0.0.1",
+    None,
+    "",
+    " ",
+    "127.0.0.1.evil.com",
+    "127.1.2.3.nip.io",
+    "localhost.evil.com",
+    "evil.localhost",
+    "localhost.",
+    "127.0.0.1.",
+    "127.0.0.1:abc",
+    "127.0.0.1:99999",
+    "127.0.0.1:0",
+    "127.0.0.1:",
+    "127.0.0.1: 80",
+    "127.0.0.1 :80",
+    "127.0.0.1:80:80",
+    " 127.0.0.1",
+    "a@127.0.0.1",
+    "user:pw@localhost",
+    "::1",
+    "::1:80",
+    "[::1",
+    "[::1]x",
+    "[::1]:",
+    "[::1]:abc",
+    "[]",
+    "[::1%25lo]",
+    "[::1%lo]",
+    "127.0.0.1%2f",
+    "127%2e0.0.1",
+    "2130706433",
+    "0x7f.1",
+    "0x7f000001",
+    "017700000001",
+    "0177.0.0.1",
+    "0127.0.0.1",
+    "127.1",
+    "127.0.1",
+    "127.000.000.001",
+    "1.2.3.4",
+    "0.0.0.0",
+    "[::]",
+    "[::127.0.0.1]",
+    "[::ffff:1.2.3.4]",
+    "[fe80::1]",
+    "１２７.0.0.1",
+    "127.0.0.1\u200b",
+    "lоcalhost",
+    "localhost\x00",
+    "localhost\r\nX: y",
+    "127.0.0.1/x",
+    "127.0.0.1\\@evil.com",
+    "127.0.0.1#",
+    "127.0.0.1?",
+    "localhost,evil.com",
+    "http://127.0.0.1",
 ]
 
 
@@ -175,8 +243,11 @@ def _parses_as_loopback(host: str) -> bool:
 HOST_TEXT = st.one_of(
     st.text(max_size=60),
     st.text(alphabet="0123456789abcdefxX.:[]%@ lLoOcChHsStT/", max_size=40),
-    st.builds(lambda ip, port: f"[{ip}]{port}" if ip.version == 6 else f"{ip}{port}",
-              st.ip_addresses(), st.sampled_from(["", ":80", ":0", ":65536", ":x", ":8080"])),
+    st.builds(
+        lambda ip, port: f"[{ip}]{port}" if ip.version == 6 else f"{ip}{port}",
+        st.ip_addresses(),
+        st.sampled_from(["", ":80", ":0", ":65536", ":x", ":8080"]),
+    ),
 )
 
 
@@ -240,10 +311,19 @@ def test_origin_allowlist(origin, allowed, expected):
 
 @pytest.mark.parametrize(
     ("origin", "normal"),
-    [("HTTP://LocalHost:80", "http://localhost"), ("https://a.b:8443", "https://a.b:8443"),
-     ("http://[::1]:8080", "http://[::1]:8080"), ("ws://x:80", "ws://x"), ("wss://x:443", "wss://x"),
-     ("app://x:80", "app://x:80"), ("http://[nothost]", None), ("1http://x", None), ("ht tp://x", None),
-     ("http://", None), ("http://x:99999", None)],
+    [
+        ("HTTP://LocalHost:80", "http://localhost"),
+        ("https://a.b:8443", "https://a.b:8443"),
+        ("http://[::1]:8080", "http://[::1]:8080"),
+        ("ws://x:80", "ws://x"),
+        ("wss://x:443", "wss://x"),
+        ("app://x:80", "app://x:80"),
+        ("http://[nothost]", None),
+        ("1http://x", None),
+        ("ht tp://x", None),
+        ("http://", None),
+        ("http://x:99999", None),
+    ],
 )
 def test_normalise_origin(origin, normal):
     assert normalise_origin(origin) == normal
@@ -307,16 +387,62 @@ def test_content_type_suits_the_endpoint(method, path, content_type, expected):
 
 # -- Paths --------------------------------------------------------------------------------------------------------
 
-GOOD_PATHS = ["/", "/v1/models", "/v1/models/", "/v1/chat/completions", "/v1/models/llama-3.1-8b",
-              "/v1/models/caf%C3%A9", "/v1/models/a%20b", "/v1/...", "/v1/.hidden", "/v1/a.b", "/v1/%2e%2e%2e",
-              "/v1/x;y"]
+GOOD_PATHS = [
+    "/",
+    "/v1/models",
+    "/v1/models/",
+    "/v1/chat/completions",
+    "/v1/models/llama-3.1-8b",
+    "/v1/models/caf%C3%A9",
+    "/v1/models/a%20b",
+    "/v1/...",
+    "/v1/.hidden",
+    "/v1/a.b",
+    "/v1/%2e%2e%2e",
+    "/v1/x;y",
+]
 BAD_PATHS = [
-    "", "v1/models", "*", "http://evil/v1/models", "/v1/../tokenize", "/v1/./models", "/v1/%2e%2e/tokenize",
-    "/v1/%2E%2e/slots", "/v1/.%2e/slots", "/v1/%2e/models", "/v1/..", "/v1/.", "/..", "/v1/..;/slots",
-    "/v1/%2e%2e;x/slots", "/v1//models", "//v1/models", "/v1/models//", "/v1/a%2fb", "/v1/a%2Fb", "/v1/a%5cb",
-    "/v1/a%5Cb", "/v1/a\\b", "/v1\\..\\slots", "/v1/%00", "/v1/a%0a", "/v1/a%0D%0A", "/v1/%7f", "/v1/%252e%252e",
-    "/v1/%25", "/v1/%", "/v1/%2", "/v1/%zz", "/v1/%2g", "/v1/a b", "/v1/a\tb", "/v1/a\x00", "/v1/é",
-    "/v1/models?x=1", "/v1/models#frag", "/v1/\x7f",
+    "",
+    "v1/models",
+    "*",
+    "http://evil/v1/models",
+    "/v1/../tokenize",
+    "/v1/./models",
+    "/v1/%2e%2e/tokenize",
+    "/v1/%2E%2e/slots",
+    "/v1/.%2e/slots",
+    "/v1/%2e/models",
+    "/v1/..",
+    "/v1/.",
+    "/..",
+    "/v1/..;/slots",
+    "/v1/%2e%2e;x/slots",
+    "/v1//models",
+    "//v1/models",
+    "/v1/models//",
+    "/v1/a%2fb",
+    "/v1/a%2Fb",
+    "/v1/a%5cb",
+    "/v1/a%5Cb",
+    "/v1/a\\b",
+    "/v1\\..\\slots",
+    "/v1/%00",
+    "/v1/a%0a",
+    "/v1/a%0D%0A",
+    "/v1/%7f",
+    "/v1/%252e%252e",
+    "/v1/%25",
+    "/v1/%",
+    "/v1/%2",
+    "/v1/%zz",
+    "/v1/%2g",
+    "/v1/a b",
+    "/v1/a\tb",
+    "/v1/a\x00",
+    "/v1/é",
+    "/v1/models?x=1",
+    "/v1/models#frag",
+    "/v1/\x7f",
 ]
 
 
@@ -333,8 +459,10 @@ def test_dot_segments_encoded_separators_and_control_characters_are_refused(path
 
 PATH_TEXT = st.one_of(
     st.text(max_size=80),
-    st.lists(st.sampled_from(["/", ".", "..", "%2e", "%2E", "%2f", "%5c", "%25", "%", "v1", "a", ";", "%00", "\\"]),
-             max_size=12).map("".join),
+    st.lists(
+        st.sampled_from(["/", ".", "..", "%2e", "%2E", "%2f", "%5c", "%25", "%", "v1", "a", ";", "%00", "\\"]),
+        max_size=12,
+    ).map("".join),
 )
 
 
@@ -360,12 +488,29 @@ def test_normalise_path_only_raises_refused_and_lets_no_dot_segment_through(path
 @pytest.mark.parametrize(
     ("path", "expected"),
     [
-        ("/v1/chat/completions", True), ("/v1/completions", True), ("/v1/embeddings", True),
-        ("/v1/audio/transcriptions", True), ("/v1/models", True), ("/v1", False), ("/v1/", False),
-        ("/v1x/chat", False), ("/health", False), ("/tokenize", False), ("/detokenize", False),
-        ("/props", False), ("/slots", False), ("/slots/0", False), ("/metrics", False), ("/", False),
-        ("/completion", False), ("/infill", False), ("/api/generate", False), ("/api/pull", False),
-        ("/V1/chat/completions", False), ("/v1/load_lora_adapter", False), ("/v1/unload_lora_adapter/", False),
+        ("/v1/chat/completions", True),
+        ("/v1/completions", True),
+        ("/v1/embeddings", True),
+        ("/v1/audio/transcriptions", True),
+        ("/v1/models", True),
+        ("/v1", False),
+        ("/v1/", False),
+        ("/v1x/chat", False),
+        ("/health", False),
+        ("/tokenize", False),
+        ("/detokenize", False),
+        ("/props", False),
+        ("/slots", False),
+        ("/slots/0", False),
+        ("/metrics", False),
+        ("/", False),
+        ("/completion", False),
+        ("/infill", False),
+        ("/api/generate", False),
+        ("/api/pull", False),
+        ("/V1/chat/completions", False),
+        ("/v1/load_lora_adapter", False),
+        ("/v1/unload_lora_adapter/", False),
     ],
 )
 def test_only_the_openai_api_reaches_an_upstream(path, expected):
@@ -374,9 +519,19 @@ def test_only_the_openai_api_reaches_an_upstream(path, expected):
 
 @pytest.mark.parametrize(
     ("path", "expected"),
-    [("/api/chat", True), ("/api/generate", True), ("/api/tags", True), ("/api/pull", False),
-     ("/api/push", False), ("/api/create", False), ("/api/delete", False), ("/api/copy", False),
-     ("/api/blobs/sha256:00", False), ("/api/chat/", False), ("/v1/chat/completions", True)],
+    [
+        ("/api/chat", True),
+        ("/api/generate", True),
+        ("/api/tags", True),
+        ("/api/pull", False),
+        ("/api/push", False),
+        ("/api/create", False),
+        ("/api/delete", False),
+        ("/api/copy", False),
+        ("/api/blobs/sha256:00", False),
+        ("/api/chat/", False),
+        ("/v1/chat/completions", True),
+    ],
 )
 def test_ollamas_api_passes_only_its_inference_endpoints(path, expected):
     assert upstream_path_allowed(path, ollama=True) is expected
@@ -427,9 +582,17 @@ def test_api_key_from_a_plain_dict():
 @pytest.mark.parametrize(
     ("given", "expected", "match"),
     [
-        ("sk-abc", "sk-abc", True), ("sk-abd", "sk-abc", False), ("sk-ab", "sk-abc", False), (None, "sk-abc", False),
-        ("", "sk-abc", False), ("", "", False), ("x", "", False), ("\udcff", "sk-abc", False), ("é", "é", True),
-        ("sk-abc\x00", "sk-abc", False), ("\ud800", "\ud800", True),
+        ("sk-abc", "sk-abc", True),
+        ("sk-abd", "sk-abc", False),
+        ("sk-ab", "sk-abc", False),
+        (None, "sk-abc", False),
+        ("", "sk-abc", False),
+        ("", "", False),
+        ("x", "", False),
+        ("\udcff", "sk-abc", False),
+        ("é", "é", True),
+        ("sk-abc\x00", "sk-abc", False),
+        ("\ud800", "\ud800", True),
     ],
 )
 def test_key_matches_in_constant_time_without_raising(given, expected, match):
@@ -484,9 +647,22 @@ def test_every_hop_by_hop_header_stops_at_the_gateway(name, spell):
 
 @pytest.mark.parametrize(
     "name",
-    ["Host", "Content-Length", "Expect", "Content-Encoding", "Origin", "Referer", "Cookie", "Forwarded",
-     "X-Forwarded-For", "X-Forwarded-Host", "X-Forwarded-Proto", "X-Real-IP", "Access-Control-Request-Method",
-     "Access-Control-Request-Headers"],
+    [
+        "Host",
+        "Content-Length",
+        "Expect",
+        "Content-Encoding",
+        "Origin",
+        "Referer",
+        "Cookie",
+        "Forwarded",
+        "X-Forwarded-For",
+        "X-Forwarded-Host",
+        "X-Forwarded-Proto",
+        "X-Real-IP",
+        "Access-Control-Request-Method",
+        "Access-Control-Request-Headers",
+    ],
 )
 def test_request_headers_the_upstream_never_sees(name):
     sent = request_headers([*BASE_REQUEST, (name, "v")], gateway_has_key=False, upstream_key=None)
@@ -496,23 +672,34 @@ def test_request_headers_the_upstream_never_sees(name):
 def test_request_headers_keep_the_rest_and_ask_for_identity():
     sent = request_headers(
         [*BASE_REQUEST, ("Accept-Encoding", "gzip, br"), ("X-Request-Id", "r1"), ("Accept", "application/json")],
-        gateway_has_key=False, upstream_key=None,
+        gateway_has_key=False,
+        upstream_key=None,
     )
     assert sent == {
-        "Content-Type": "application/json", "Accept": "text/event-stream, application/json", "User-Agent": "sdk/1",
-        "X-Request-Id": "r1", "Accept-Encoding": "identity",
+        "Content-Type": "application/json",
+        "Accept": "text/event-stream, application/json",
+        "User-Agent": "sdk/1",
+        "X-Request-Id": "r1",
+        "Accept-Encoding": "identity",
     }
 
 
 def test_names_listed_in_connection_are_dropped_both_ways():
     sent = request_headers(
         [*BASE_REQUEST, ("Connection", "keep-alive, X-Secret , close"), ("X-Secret", "s"), ("x-secret", "t")],
-        gateway_has_key=False, upstream_key=None,
+        gateway_has_key=False,
+        upstream_key=None,
     )
     assert {key.lower() for key in sent} == {"content-type", "accept", "user-agent", "accept-encoding"}
     back = response_headers(
-        [("Content-Type", "application/json"), ("Connection", "X-Upstream-Only"), ("Connection", "x-other"),
-         ("X-Upstream-Only", "1"), ("X-Other", "2"), ("X-Kept", "3")]
+        [
+            ("Content-Type", "application/json"),
+            ("Connection", "X-Upstream-Only"),
+            ("Connection", "x-other"),
+            ("X-Upstream-Only", "1"),
+            ("X-Other", "2"),
+            ("X-Kept", "3"),
+        ]
     )
     assert back == [("Content-Type", "application/json"), ("X-Kept", "3")]
 
@@ -529,7 +716,8 @@ def test_names_listed_in_connection_are_dropped_both_ways():
 def test_keys_consumed_injected_or_passed_through(gateway_has_key, upstream_key, expected):
     sent = request_headers(
         [*BASE_REQUEST, ("Authorization", "Bearer client-key"), ("X-Api-Key", "client-key")],
-        gateway_has_key=gateway_has_key, upstream_key=upstream_key,
+        gateway_has_key=gateway_has_key,
+        upstream_key=upstream_key,
     )
     keys = {name: value for name, value in sent.items() if name.lower() in ("authorization", "x-api-key")}
     assert keys == expected
@@ -543,8 +731,18 @@ def test_an_upstream_key_that_would_break_the_header_is_refused(bad):
 
 @pytest.mark.parametrize(
     "name",
-    ["Content-Length", "Server", "Set-Cookie", "set-cookie", "Set-Cookie2", "Alt-Svc", "Access-Control-Allow-Origin",
-     "Access-Control-Allow-Credentials", "Access-Control-Allow-Headers", "Access-Control-Expose-Headers"],
+    [
+        "Content-Length",
+        "Server",
+        "Set-Cookie",
+        "set-cookie",
+        "Set-Cookie2",
+        "Alt-Svc",
+        "Access-Control-Allow-Origin",
+        "Access-Control-Allow-Credentials",
+        "Access-Control-Allow-Headers",
+        "Access-Control-Expose-Headers",
+    ],
 )
 def test_response_headers_the_client_never_sees(name):
     back = response_headers([("Content-Type", "application/json"), (name, "v"), (name, "w")])
@@ -553,8 +751,16 @@ def test_response_headers_the_client_never_sees(name):
 
 def test_response_keeps_content_encoding_with_its_bytes_and_repeats():
     upstream = CIMultiDict(
-        [("Content-Type", "application/json"), ("Content-Encoding", "gzip"), ("Cache-Control", "no-cache"),
-         ("X-Request-Id", "abc"), ("Retry-After", "3"), ("Link", "<a>"), ("Link", "<b>"), ("Vary", "Accept")]
+        [
+            ("Content-Type", "application/json"),
+            ("Content-Encoding", "gzip"),
+            ("Cache-Control", "no-cache"),
+            ("X-Request-Id", "abc"),
+            ("Retry-After", "3"),
+            ("Link", "<a>"),
+            ("Link", "<b>"),
+            ("Vary", "Accept"),
+        ]
     )
     back = response_headers(upstream)
     assert back == list(upstream.items())  # nothing dropped, nothing merged, order kept
@@ -596,8 +802,9 @@ class FakeStream:
         return b""
 
 
-def request_with(data: bytes | list[bytes], encoding: str | None = None, length: bool = True,
-                 stall: bool = False) -> tuple[web.Request, FakeStream]:
+def request_with(
+    data: bytes | list[bytes], encoding: str | None = None, length: bool = True, stall: bool = False
+) -> tuple[web.Request, FakeStream]:
     chunks = data if isinstance(data, list) else [data[i : i + 65536] for i in range(0, len(data), 65536)]
     headers = {"Content-Type": "application/json"}
     if encoding is not None:
@@ -680,8 +887,19 @@ def test_more_bytes_than_the_limit_without_content_length_are_refused(encoding):
 
 @pytest.mark.parametrize(
     "encoding",
-    ["br", "zstd", "compress", "x-compress", "gzip, gzip", "gzip, br", "deflate,gzip", "pack200-gzip", "chunked", "*",
-     "gzip;q=1"],
+    [
+        "br",
+        "zstd",
+        "compress",
+        "x-compress",
+        "gzip, gzip",
+        "gzip, br",
+        "deflate,gzip",
+        "pack200-gzip",
+        "chunked",
+        "*",
+        "gzip;q=1",
+    ],
 )
 def test_unsupported_or_stacked_encodings_are_refused(encoding):
     refused = refusal(read, gzip.compress(PAYLOAD), encoding)
@@ -792,12 +1010,23 @@ def test_json_names_its_model(body, model):
 @pytest.mark.parametrize(
     ("body", "code"),
     [
-        (b"", "invalid_json"), (b"not json", "invalid_json"), (b"[]", "invalid_json"), (b"null", "invalid_json"),
-        (b'"model"', "invalid_json"), (b'{"model": "x"', "invalid_json"), (b'{"model": "\xff"}', "invalid_json"),
-        (b"\xff\xfe\xfd", "invalid_json"), (b"9" * 5000, "invalid_json"), (b"{}", "missing_model"),
-        (b'{"model": ""}', "missing_model"), (b'{"model": null}', "missing_model"), (b'{"model": 7}', "missing_model"),
-        (b'{"model": ["x"]}', "missing_model"), (json.dumps({"model": "m" * 257}).encode(), "model_too_long"),
-        (b"[" * 100_000, "nesting_too_deep"), (b'{"model": "x", "a": ' + b"[" * 100_000, "nesting_too_deep"),
+        (b"", "invalid_json"),
+        (b"not json", "invalid_json"),
+        (b"[]", "invalid_json"),
+        (b"null", "invalid_json"),
+        (b'"model"', "invalid_json"),
+        (b'{"model": "x"', "invalid_json"),
+        (b'{"model": "\xff"}', "invalid_json"),
+        (b"\xff\xfe\xfd", "invalid_json"),
+        (b"9" * 5000, "invalid_json"),
+        (b"{}", "missing_model"),
+        (b'{"model": ""}', "missing_model"),
+        (b'{"model": null}', "missing_model"),
+        (b'{"model": 7}', "missing_model"),
+        (b'{"model": ["x"]}', "missing_model"),
+        (json.dumps({"model": "m" * 257}).encode(), "model_too_long"),
+        (b"[" * 100_000, "nesting_too_deep"),
+        (b'{"model": "x", "a": ' + b"[" * 100_000, "nesting_too_deep"),
         (b'{"a":' * 100_000, "nesting_too_deep"),
     ],
 )
@@ -831,7 +1060,7 @@ MULTIPART = "multipart/form-data; boundary=XyZ"
         ('multipart/form-data; boundary="XyZ"', multipart(field(b"model", b"w")), "w"),
         ("Multipart/Form-Data; charset=utf-8; Boundary=XyZ", multipart(field(b"model", b"w")), "w"),
         (MULTIPART, multipart(b"Content-Disposition: form-data; name=model\r\n\r\nbare"), "bare"),
-        (MULTIPART, multipart(b"content-disposition:form-data;name=\"model\"\r\nX-Other: 1\r\n\r\nw"), "w"),
+        (MULTIPART, multipart(b'content-disposition:form-data;name="model"\r\nX-Other: 1\r\n\r\nw'), "w"),
         (MULTIPART, multipart(field(b"model", "caf\u00e9".encode())), "caf\u00e9"),
         (MULTIPART, multipart(field(b"model", b"w"), field(b"x", b"y"), boundary=b"XyZ") + b"epilogue", "w"),
     ],
@@ -864,9 +1093,12 @@ def test_multipart_names_its_model(content_type, body, model):
         (MULTIPART, multipart(*[field(b"f", b"v")] * (MAX_PARTS + 1), field(b"model", b"w")), "bad_multipart"),
         ("multipart/form-data", multipart(field(b"model", b"w")), "bad_multipart"),
         ("multipart/form-data; boundary=", multipart(field(b"model", b"w")), "bad_multipart"),
-        ("multipart/form-data; boundary=" + "b" * 71, multipart(field(b"model", b"w"), boundary=b"b" * 71),
-         "bad_multipart"),
-        ("multipart/form-data; boundary=\"a\r\nb\"", multipart(field(b"model", b"w")), "bad_multipart"),
+        (
+            "multipart/form-data; boundary=" + "b" * 71,
+            multipart(field(b"model", b"w"), boundary=b"b" * 71),
+            "bad_multipart",
+        ),
+        ('multipart/form-data; boundary="a\r\nb"', multipart(field(b"model", b"w")), "bad_multipart"),
     ],
 )
 def test_multipart_without_one_clean_model_is_a_bad_request(content_type, body, code):
@@ -877,7 +1109,9 @@ def test_multipart_without_one_clean_model_is_a_bad_request(content_type, body, 
 def test_multipart_as_real_clients_write_it():
     """httpx (under OpenAI's Python SDK) and aiohttp's FormData, not only hand-built bodies."""
     request = httpx.Request(
-        "POST", "http://x/v1/audio/transcriptions", data={"model": "whisper-1", "language": "en"},
+        "POST",
+        "http://x/v1/audio/transcriptions",
+        data={"model": "whisper-1", "language": "en"},
         files={"file": ("a.wav", b"RIFF" + os.urandom(4000), "audio/wav")},
     )
     assert model_of(request.headers["Content-Type"], request.read()) == (False, "whisper-1")
@@ -909,17 +1143,39 @@ def test_parse_body_returns_the_payload_once():
 BODY_PIECES = st.one_of(
     st.binary(max_size=300),
     st.sampled_from(
-        [b"--XyZ", b"--XyZ--", b"\r\n", b"\r\n\r\n", b'Content-Disposition: form-data; name="model"',
-         b"content-disposition: form-data; name=model; filename=x", b'name*=utf-8\'\'model', b"; ", b"model", b'"',
-         b"\xff", b"{", b"[", b'"model":', b"}", b"\x00"]
+        [
+            b"--XyZ",
+            b"--XyZ--",
+            b"\r\n",
+            b"\r\n\r\n",
+            b'Content-Disposition: form-data; name="model"',
+            b"content-disposition: form-data; name=model; filename=x",
+            b"name*=utf-8''model",
+            b"; ",
+            b"model",
+            b'"',
+            b"\xff",
+            b"{",
+            b"[",
+            b'"model":',
+            b"}",
+            b"\x00",
+        ]
     ),
 )
 CONTENT_TYPES = st.one_of(
     st.text(max_size=80),
     st.sampled_from(
-        [MULTIPART, "multipart/form-data", "multipart/form-data; boundary=", 'multipart/form-data; boundary="XyZ',
-         "multipart/form-data; boundary*=utf-8''XyZ", "multipart/form-data; boundary=XyZ; boundary=abc",
-         "application/json", ""]
+        [
+            MULTIPART,
+            "multipart/form-data",
+            "multipart/form-data; boundary=",
+            'multipart/form-data; boundary="XyZ',
+            "multipart/form-data; boundary*=utf-8''XyZ",
+            "multipart/form-data; boundary=XyZ; boundary=abc",
+            "application/json",
+            "",
+        ]
     ),
 )
 
@@ -967,8 +1223,11 @@ JSON_VALUES = st.recursive(
 
 
 @FUZZ
-@given(st.dictionaries(st.text(max_size=8), JSON_VALUES, max_size=6), st.text(min_size=1, max_size=256),
-       st.one_of(st.none(), st.text(min_size=1, max_size=40)))
+@given(
+    st.dictionaries(st.text(max_size=8), JSON_VALUES, max_size=6),
+    st.text(min_size=1, max_size=256),
+    st.one_of(st.none(), st.text(min_size=1, max_size=40)),
+)
 def test_the_upstream_reads_the_client_object_with_only_the_model_changed(payload, model, upstream):
     sent = {**payload, "model": model}
     parsed = parse_body("application/json", json.dumps(sent).encode())
@@ -1003,7 +1262,9 @@ def test_the_edge_modules_import_no_control_plane():
         "import llmctl.gateway.problems, llmctl.gateway.edges, llmctl.gateway.headers, llmctl.gateway.body\n"
         "print(' '.join(sorted(m for m in sys.modules if m.startswith('llmctl'))))"
     )
-    loaded = set(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split())
+    loaded = set(
+        subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    )
     allowed = {"llmctl", "llmctl.errors", "llmctl.spec", "llmctl.gateway"} | {
         f"llmctl.gateway.{name}" for name in ("problems", "edges", "headers", "body")
     }

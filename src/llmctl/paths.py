@@ -132,4 +132,3 @@ class StatePaths:
         digest = hashlib.sha256(os.fsencode(self.root)).hexdigest()[:16]
         short_dir = Path(tempfile.gettempdir()) / f"llmctl-{os.getuid()}"
         return private_dir(short_dir) / f"{digest}.sock"
-
