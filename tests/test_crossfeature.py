@@ -13,28 +13,12 @@ import httpx
 import ollama
 import pytest
 
-from .helpers import FAKE_OLLAMA, STANDINS, free_port, llmctl, wait_for, write_config
+from .helpers import FAKE_OLLAMA, STANDINS, free_port, llmctl, wait_for
 from .test_dashboard import browser, state_of  # noqa: F401 (the fixture)
+from .test_ollama_api import llama, up
 
 OPTIONS = {"temperature": 0, "num_predict": 6, "seed": 1}
 HI = [{"role": "user", "content": "Hi there"}]
-
-
-def llama(name: str, model: Path, port: int, extra: str = "", args: str = '"-c", "1024", "-np", "1"') -> str:
-    return f"""  - name: {name}
-    backend: llama.cpp
-    model: {model}
-    port: {port}
-    args: [{args}, "-ngl", "0"]
-{extra}"""
-
-
-def up(folder: Path, instances: str, top: str = "") -> tuple[int, int]:
-    port, ollama_port = free_port(), free_port()
-    write_config(folder, f"{top}gateway: {{port: {port}, ollama_port: {ollama_port}}}\ninstances:\n{instances}")
-    result = llmctl("up", cwd=folder, timeout=300)
-    assert result.returncode == 0, result.stdout + result.stderr
-    return port, ollama_port
 
 
 def activity(folder: Path) -> list[dict]:

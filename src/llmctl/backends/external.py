@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from llmctl.backends.base import Backend, poll_until_ok
+from llmctl.backends.base import Backend, NotReady, poll_until_ok
 from llmctl.errors import StartError
 
 if TYPE_CHECKING:
@@ -46,7 +46,30 @@ class ExternalBackend(Backend):
         return spec.health_url(READINESS_PATHS.get(spec.kind or "openai", "/v1/models"))
 
     async def wait_ready(self, spec: InstanceSpec, http: HttpClient) -> None:
+        """Raises NotReady at once when no host takes the connection (unroutable, or a firewall drops it),
+        rather than retrying for start_timeout (120 s by default): `up` answers within health.timeout.
+        A refused connection is polled on, as any server that is still starting."""
+        await _reachable(spec.host, spec.port, spec.health.timeout)
         await poll_until_ok(http, self.liveness_url(spec), spec.health.timeout, accept=tuple(range(200, 300)))
+
+
+async def _reachable(host: str, port: int, timeout: float) -> None:
+    """Raises NotReady when a TCP connection to host:port neither opens nor is refused within `timeout`
+    seconds, or the network says the host cannot be reached (EHOSTUNREACH, ENETUNREACH)."""
+    import asyncio  # here, not at the top: see llmctl.backends.base
+    import errno
+
+    try:
+        _, writer = await asyncio.wait_for(asyncio.open_connection(host.strip("[]"), port), timeout)
+    except asyncio.TimeoutError:
+        raise NotReady(
+            f"no connection to {host}:{port} within {timeout:g}s: the host is unreachable or drops it"
+        ) from None
+    except OSError as error:
+        if error.errno in (errno.EHOSTUNREACH, errno.ENETUNREACH):
+            raise NotReady(f"{host}:{port} cannot be reached: {error.strerror}") from None
+        return  # refused, for one: nothing listens yet, polled on
+    writer.close()
 
 
 BACKEND = ExternalBackend()

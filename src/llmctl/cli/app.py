@@ -327,7 +327,7 @@ def down(names: NamesArgument = None, file: FileOption = None, json_output: Json
         print("nothing is running" if not wanted else f"not running: {', '.join(wanted)}")
     else:
         for name, done in stopped.items():
-            print(f"{name}: {done}" + (" (still running; its own app stops it)" if done == "detached" else ""))
+            print(f"{name}: {done}" + (" (left as it is; its own app stops it)" if done == "detached" else ""))
 
 
 @app.command()

@@ -130,7 +130,8 @@ def exposure_warnings(specs: list[InstanceSpec]) -> list[str]:
         f"{spec.name} listens on {spec.host}: other machines can reach it"
         + (" (consider llama-server's --api-key-file)" if spec.backend == "llama.cpp" else "")
         for spec in specs
-        if spec.host not in LOOPBACK_HOSTS and not spec.host.startswith("127.")
+        # An external server's URL is where llmctl connects, not where it makes anything listen.
+        if spec.host not in LOOPBACK_HOSTS and not spec.host.startswith("127.") and spec.backend != "external"
     ]
     for spec in specs:
         flags = secret_flags([*(spec.command or ()), *spec.args])
