@@ -394,6 +394,10 @@ class Runner:
                     probe.cancel()
                 if probe not in done:
                     continue  # the exit is handled at the top of the loop
+                if not probe.result() and not server.handle.is_alive() and await self._wait_for({exited}, 1.0):
+                    # Refused because it had just died: its exit (not ill health) is what happened, whichever
+                    # of the two the event loop saw first. Handled at the top of the loop, with its code.
+                    continue
                 failures = 0 if probe.result() else failures + 1
                 if not failures:
                     self.health = "ok"

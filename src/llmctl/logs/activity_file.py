@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from llmctl.logs.files import FOLLOW_POLL, MAX_BACKUPS, Tail, last_lines
+from llmctl.logs.files import FOLLOW_POLL, Tail, last_lines
 
 
 def parse_row(line: str) -> dict[str, Any] | None:
@@ -42,32 +42,21 @@ def _wanted(row: dict[str, Any] | None, names: set[str] | None) -> bool:
 
 def last_rows(path: Path, count: int, names: set[str] | None = None) -> list[dict[str, Any]]:
     """The last `count` rows (of the instances in `names`, when given) of the file and its rotations,
-    oldest first; a missing file has none."""
+    oldest first (llmctl.logs.files.last_lines reads into the rotations); a missing file has none."""
     if count <= 0:
         return []
-    rows: list[dict[str, Any]] = []
-    for file in _newest_first(path):
-        lines = last_lines(file, count - len(rows), lambda line: _wanted(parse_row(line), names))
-        rows = [row for row in map(parse_row, lines) if row is not None] + rows
-        if len(rows) >= count:
-            break
-    return rows[-count:]
+    lines = last_lines(path, count, lambda line: _wanted(parse_row(line), names))
+    return [row for row in map(parse_row, lines) if row is not None][-count:]
 
 
 def instances_seen(path: Path) -> set[str]:
     """The instance names of every row the file and its rotations still hold."""
     seen: set[str] = set()
-    for file in _newest_first(path):
-        for line in last_lines(file, 1_000_000):
-            row = parse_row(line)
-            if row is not None and isinstance(row.get("instance"), str):
-                seen.add(row["instance"])
+    for line in last_lines(path, 1_000_000):
+        row = parse_row(line)
+        if row is not None and isinstance(row.get("instance"), str):
+            seen.add(row["instance"])
     return seen
-
-
-def _newest_first(path: Path) -> list[Path]:
-    rotated = [path.with_name(f"{path.name}.{n}") for n in range(1, MAX_BACKUPS + 1)]
-    return [path, *(file for file in rotated if file.exists())]
 
 
 class RowFollower:
