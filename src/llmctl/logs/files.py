@@ -122,12 +122,17 @@ def _chain(path: Path) -> list[Path]:
     return [*(file for file in rotated if file.exists()), path]
 
 
-def _marks(path: Path) -> list[tuple[float, int, int]]:
+def _marks_text(path: Path) -> str:
+    """NAME.marks beside NAME.log (the hub's time marks and rotation records), at most 4 MiB; "" if none."""
     try:
         with _open_log(path.with_name(path.name.removesuffix(".log") + ".marks")) as file:
-            text = file.read(4 * 1024 * 1024).decode("ascii", errors="replace")
+            return file.read(4 * 1024 * 1024).decode("ascii", errors="replace")
     except OSError:
-        return []
+        return ""
+
+
+def _marks(path: Path) -> list[tuple[float, int, int]]:
+    text = _marks_text(path)
     marks = []
     for line in text.splitlines():
         parts = line.split()
@@ -290,11 +295,7 @@ class _Follower:
 
 def _rotations(path: Path) -> list[tuple[int, int]]:
     """(inode, lines) of each file the hub rotated out, oldest first, from NAME.marks."""
-    try:
-        with _open_log(path.with_name(path.name.removesuffix(".log") + ".marks")) as file:
-            text = file.read(4 * 1024 * 1024).decode("ascii", errors="replace")
-    except OSError:
-        return []
+    text = _marks_text(path)
     found = []
     for line in text.splitlines():
         parts = line.split()
